@@ -1,0 +1,77 @@
+"""PruneConfig: what to prune, how much, and whether the selection is quantization-aware."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from qapruner.errors import QAPrunerError
+
+HOSTS = ("random", "uniform", "cls", "fastv", "divprune", "cdpruner")
+SENSITIVITIES = ("paper", "matched")
+
+
+def num_keep(keep: float, n: int) -> int:
+    """Tokens kept out of ``n`` at ratio ``keep``: ``n`` when keep >= 1, else ``max(1, round(keep * n))``.
+
+    ``round`` is Python's (ties to even), as in the interface contract; the eval runner should call this
+    function rather than re-deriving the count.
+    """
+    if keep >= 1.0:
+        return n
+    return min(n, max(1, round(keep * n)))
+
+
+@dataclass
+class PruneConfig:
+    host: str  # random | uniform | cls | fastv | divprune | cdpruner
+    keep: float  # ratio in (0, 1]; >= 1.0 keeps everything
+    qa: bool = False  # quantization-aware variant (fuse the host score with S^Q)
+    alpha: float | str = 0.7  # weight of the host score, float in [0, 1] or "dynamic"
+    sensitivity: str = "paper"  # "paper": simulated INT{bits}/G{group_size}; "matched": ctx.matched_error
+    bits: int = 4
+    group_size: int = 128
+    layer_k: int = 2  # LLM layer whose input is pruned in the in-LLM (FastV) location
+    seed: int = 0  # for the random host
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or self.host.lower() not in HOSTS:
+            raise QAPrunerError(f"Unknown pruning host {self.host!r}; choose one of {', '.join(HOSTS)}.")
+        self.host = self.host.lower()
+        if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)):
+            raise QAPrunerError(f"Keep ratio must be a number in (0, 1], got {self.keep!r}.")
+        if not math.isfinite(self.keep) or self.keep <= 0:
+            raise QAPrunerError(f"Keep ratio must be a finite number in (0, 1], got {self.keep!r}.")
+        if isinstance(self.alpha, str):
+            if self.alpha.lower() != "dynamic":
+                try:
+                    self.alpha = float(self.alpha)
+                except ValueError:
+                    raise QAPrunerError(
+                        f"Alpha must be a number in [0, 1] or 'dynamic', got {self.alpha!r}."
+                    ) from None
+            else:
+                self.alpha = "dynamic"
+        if not isinstance(self.alpha, str):
+            if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
+                raise QAPrunerError(f"Alpha must be a number in [0, 1] or 'dynamic', got {self.alpha!r}.")
+            if not (0.0 <= float(self.alpha) <= 1.0):  # also rejects NaN
+                raise QAPrunerError(f"Alpha must be in [0, 1] or 'dynamic', got {self.alpha!r}.")
+            self.alpha = float(self.alpha)
+        if self.sensitivity not in SENSITIVITIES:
+            raise QAPrunerError(
+                f"Unknown sensitivity {self.sensitivity!r}; choose 'paper' (simulated INT{{bits}}/G{{group}}) "
+                "or 'matched' (error supplied by the deployed quantizer)."
+            )
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not (2 <= self.bits <= 16):
+            raise QAPrunerError(f"Sensitivity bits must be an integer in [2, 16], got {self.bits!r}.")
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+            raise QAPrunerError(f"Sensitivity group size must be a positive integer, got {self.group_size!r}.")
+        if isinstance(self.layer_k, bool) or not isinstance(self.layer_k, int) or self.layer_k < 0:
+            raise QAPrunerError(f"Pruning layer K must be a non-negative integer, got {self.layer_k!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise QAPrunerError(f"Seed must be an integer, got {self.seed!r}.")
+
+    @property
+    def is_noop(self) -> bool:
+        return self.keep >= 1.0
