@@ -1,0 +1,34 @@
+"""``qapruner train``: reproduce the testbed's committed projector."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import QAPrunerError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train the testbed projector (reproduces the committed weights)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the committed recipe)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="where to write the projector safetensors")
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 (slower)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..train import TrainConfig, train_projector
+
+    cfg = TrainConfig()
+    for field in ("steps", "batch_size", "lr", "seed", "out"):
+        value = getattr(args, field)
+        if value is not None:
+            setattr(cfg, field, value)
+    if cfg.steps <= 0 or cfg.batch_size <= 0:
+        raise QAPrunerError("--steps and --batch-size must be positive.")
+    cfg.bf16 = not args.no_bf16
+    summary = train_projector(cfg)
+    print(json.dumps({k: summary[k] for k in ("seconds", "final_loss_avg20")}))
+    return 0

@@ -1,0 +1,126 @@
+"""Training the testbed's projector on easy-VQA + Fashion-MNIST training splits (vision tower and LLM frozen).
+
+Recipe (see docs/testbed.md): cached DINOv2 features; loss = cross-entropy on the answer tokens only;
+AdamW with warmup + cosine decay; bf16 autocast on the CPU for speed (evaluation stays fp32);
+training-time visual-token dropout: each batch keeps a random subset of the 256 visual tokens with a ratio
+drawn from ``token_keep`` (a random, content-blind subset, so no host pruner is favoured over another),
+which both makes the model usable with few tokens and shortens the average training sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import save_file
+
+from .models.adapter import image_token_id, project, splice_visual, tokenize_with_visual, user_turn
+from .models.features import FeatureCache
+from .models.testbed import load_testbed, testbed_model_key
+from .tasks import load_task
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup: int = 30
+    weight_decay: float = 0.0
+    seed: int = 0
+    token_keep: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    tasks: dict[str, int] = field(default_factory=lambda: {"easy-vqa": 4000, "fashion-mnist": 3000})  # images per task
+    task_weights: dict[str, float] = field(default_factory=lambda: {"easy-vqa": 0.6, "fashion-mnist": 0.4})
+    bf16: bool = True
+    out: str = "src/qapruner/assets/testbed_projector.safetensors"
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_projector(cfg: TrainConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model, processor = load_testbed(projector=None)  # start from the seeded random projector
+    tokenizer = processor.tokenizer
+    img_id = image_token_id(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    projector = model.model.multi_modal_projector
+    for p in projector.parameters():
+        p.requires_grad_(True)
+
+    pools = {}
+    for name, n_images in cfg.tasks.items():
+        task = load_task(name, "train")
+        cache = FeatureCache(model, processor, task, testbed_model_key())
+        items = [it for it in task.items if it.image < n_images]
+        cache.ensure(sorted({it.image for it in items}))
+        pools[name] = (items, cache)
+    names = list(pools)
+    weights = [cfg.task_weights[n] for n in names]
+    n_tokens = model.config.image_seq_length
+
+    opt = torch.optim.AdamW(projector.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    log, start = [], time.time()
+    columns = [TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
+               TimeRemainingColumn()]
+    with Progress(*columns) as progress:
+        bar = progress.add_task("train", total=cfg.steps, loss=float("nan"))
+        for step in range(cfg.steps):
+            name = rng.choices(names, weights)[0]
+            items, cache = pools[name]
+            batch = [items[rng.randrange(len(items))] for _ in range(cfg.batch_size)]
+            keep = rng.choice(cfg.token_keep)
+            k = max(1, round(keep * n_tokens))
+            feats, _ = cache.get([it.image for it in batch])
+            idx = torch.stack([torch.randperm(n_tokens)[:k].sort().values for _ in batch])
+            feats = torch.gather(feats, 1, idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+            rows, targets = [], []
+            for it in batch:
+                prefix = tokenize_with_visual(tokenizer, user_turn(processor, it.prompt), img_id, k)
+                answer = tokenizer(it.answer, add_special_tokens=False)["input_ids"]
+                rows.append(prefix + answer)
+                targets.append((len(prefix), answer))
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for i, r in enumerate(rows):  # right padding for training
+                ids[i, : len(r)] = torch.tensor(r)
+                attn[i, : len(r)] = 1
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, cfg)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                embeds = splice_visual(model, ids, project(model, feats))
+                hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
+                pos = [(i, t0 - 1 + j) for i, (t0, ans) in enumerate(targets) for j in range(len(ans))]
+                gold = torch.tensor([tok for _, ans in targets for tok in ans])
+                h = hidden[[p[0] for p in pos], [p[1] for p in pos]]
+                logits = model.lm_head(h).float()
+            loss = torch.nn.functional.cross_entropy(logits, gold)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
+            opt.step()
+            log.append({"step": step, "task": name, "keep": keep, "loss": round(loss.item(), 4)})
+            progress.update(bar, advance=1, loss=float(np.mean([r["loss"] for r in log[-20:]])))
+    seconds = time.time() - start
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in projector.state_dict().items()}, str(out))
+    summary = {"config": asdict(cfg), "seconds": round(seconds, 1), "final_loss_avg20": log[-1] and
+               float(np.mean([r["loss"] for r in log[-20:]])), "torch": torch.__version__}
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    out.with_suffix(".log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+    return summary
