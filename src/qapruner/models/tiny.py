@@ -1,0 +1,57 @@
+"""A tiny, randomly initialised llava-hf checkpoint built locally (no downloads): exercises exactly the
+loading path of real hub models (``--model PATH``) in tests and smoke runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import (BitImageProcessorPil, Dinov2Config, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                          LlavaProcessor, PreTrainedTokenizerFast)
+
+from .testbed import CHAT_TEMPLATE, IMAGE_TOKEN
+
+SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN]
+WORDS = (
+    "user assistant what is the shape color of in image there a not does contain item clothing answer question "
+    "using single word or phrase with option's letter from given choices directly option s "
+    "circle green red gray yes teal black rectangle yellow triangle brown blue no "
+    "t top trouser pullover dress coat sandal shirt sneaker bag ankle boot "
+    "a b c d e f g h i j ? . , ' : - / \n"
+).split(" ")
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    words = [w for w in dict.fromkeys(WORDS) if w and w not in ("\n",)]
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+ | [^\w\s]+
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>",
+                                  bos_token=None)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", IMAGE_TOKEN]})
+    return tok
+
+
+def build_tiny_llava(out: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+    """Write a tiny LLaVA (Dinov2 56 px → 16 visual tokens, Llama ``layers``×``hidden``) to ``out``."""
+    out = Path(out)
+    torch.manual_seed(seed)
+    tok = tiny_tokenizer()
+    vision = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          patch_size=14, image_size=56)
+    text = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=2 * hidden, vocab_size=len(tok), tie_word_embeddings=True,
+                       pad_token_id=tok.pad_token_id, max_position_embeddings=512)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+                         projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-1,
+                         image_seq_length=16, tie_word_embeddings=True)
+    model = LlavaForConditionalGeneration(config).eval()
+    ip = BitImageProcessorPil(do_resize=True, size={"height": 56, "width": 56}, do_center_crop=False,
+                              do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_convert_rgb=True)
+    processor = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+                               chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

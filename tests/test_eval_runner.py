@@ -1,0 +1,129 @@
+"""The evaluation runner end to end on a tiny random LLaVA loaded through the hub-model code path."""
+
+import json
+
+import pytest
+import torch
+
+from qapruner.cli import main
+from qapruner.eval.runner import EvalConfig, Evaluator
+from qapruner.models.adapter import pad_left, project, splice_visual, tokenize_with_visual, user_turn
+from qapruner.models.registry import load_model
+from qapruner.prune import PruneConfig
+from qapruner.tasks import load_task
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_llava_dir):
+    return load_model(str(tiny_llava_dir))
+
+
+def _preds(path):
+    rows = [json.loads(l) for l in path.read_text().splitlines()[1:]]
+    return {r["uid"]: r for r in rows}
+
+
+def test_spliced_input_equals_hf_llava_forward(loaded, tiny_jsonl):
+    """Our path (cached features → projector → splice) gives the logits of LlavaForConditionalGeneration itself."""
+    from qapruner.models.features import encode_images
+
+    task = load_task(f"jsonl:{tiny_jsonl}")
+    model, proc = loaded.model, loaded.processor
+    text = user_turn(proc, task.items[0].prompt)
+    enc = proc(images=[task.load_image(0)], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**enc).logits[0, -1]
+        feats, _ = encode_images(model, enc["pixel_values"])
+        ids = torch.tensor([tokenize_with_visual(loaded.tokenizer, text, model.config.image_token_index, 16)])
+        assert torch.equal(ids, enc["input_ids"])
+        embeds = splice_visual(model, ids, project(model, feats))
+        ours = model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state[0, -1])
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prune", [None, PruneConfig("cdpruner", 0.25, qa=True), PruneConfig("fastv", 0.5, layer_k=1)])
+def test_predictions_do_not_depend_on_batch_size(loaded, tiny_jsonl, tmp_path, prune):
+    """Left padding + position ids from the mask: an item's answer is the same alone or in a batch."""
+    task = load_task(f"jsonl:{tiny_jsonl}")
+    ev = Evaluator(loaded)
+    one = ev.run(task, EvalConfig(prune=prune, batch_size=1), tmp_path / "b1.jsonl")
+    five = ev.run(task, EvalConfig(prune=prune, batch_size=5), tmp_path / "b5.jsonl")
+    assert one["accuracy"] == five["accuracy"]
+    p1, p5 = _preds(tmp_path / "b1.jsonl"), _preds(tmp_path / "b5.jsonl")
+    assert {u: r["pred"] for u, r in p1.items()} == {u: r["pred"] for u, r in p5.items()}
+    if prune is not None:
+        k = round(prune.keep * 16)
+        assert one["visual_tokens"] == {"before": 16, "kept": k}
+        assert all(r["kept"] == p5[u]["kept"] and len(r["kept"]) == k for u, r in p1.items())
+
+
+def test_rerun_resumes_without_recomputing(loaded, tiny_jsonl, tmp_path, monkeypatch):
+    task = load_task(f"jsonl:{tiny_jsonl}")
+    items = tmp_path / "items.jsonl"
+    first = Evaluator(loaded).run(task, EvalConfig(batch_size=4), items)
+    lines = items.read_text().splitlines()
+    items.write_text("\n".join(lines[:6]) + "\n" + lines[6][:10])  # interrupted mid-write after 5 items
+    calls = []
+    original = Evaluator.forward_batch
+
+    def counting(self, batch, *a, **k):
+        calls.append(len(batch))
+        return original(self, batch, *a, **k)
+
+    monkeypatch.setattr(Evaluator, "forward_batch", counting)
+    again = Evaluator(loaded).run(task, EvalConfig(batch_size=4), items)
+    assert sum(calls) == 12 - 5 and again["accuracy"] == first["accuracy"]
+    assert len(items.read_text().splitlines()) == 13
+
+
+def test_store_refuses_other_configuration(loaded, tiny_jsonl, tmp_path):
+    from qapruner.errors import QAPrunerError
+
+    task = load_task(f"jsonl:{tiny_jsonl}")
+    Evaluator(loaded).run(task, EvalConfig(), tmp_path / "i.jsonl")
+    with pytest.raises(QAPrunerError, match="different configuration"):
+        Evaluator(loaded).run(task, EvalConfig(prune=PruneConfig("random", 0.5)), tmp_path / "i.jsonl")
+
+
+def test_cli_eval_writes_summary(tiny_llava_dir, tiny_jsonl, tmp_path):
+    out = tmp_path / "r.json"
+    rc = main(["eval", "--model", str(tiny_llava_dir), "--task", f"jsonl:{tiny_jsonl}", "--prune", "divprune",
+               "--keep", "0.5", "--qa", "--quant", "w4a8", "--out", str(out)])
+    assert rc == 0
+    s = json.loads(out.read_text())
+    for key in ("task", "model", "n", "accuracy", "ci95", "quant", "prune", "visual_tokens", "seconds"):
+        assert key in s
+    assert s["n"] == 12 and s["quant"] == "w4a8" and s["prune"]["host"] == "divprune" and s["prune"]["qa"]
+    assert s["visual_tokens"] == {"before": 16, "kept": 8}
+    assert s["ci95"][0] <= s["accuracy"] <= s["ci95"][1]
+
+
+def test_generate_mode_parses_answers(loaded, tiny_jsonl, tmp_path):
+    task = load_task(f"jsonl:{tiny_jsonl}")
+    s = Evaluator(loaded).run(task, EvalConfig(mode="generate", max_new_tokens=3), tmp_path / "g.jsonl")
+    assert s["n"] == 12 and 0.0 <= s["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "--limit", "0"], "--limit must be a positive"),
+    (["eval", "--task", "imagenet"], "Unknown task"),
+    (["eval", "--model", "/nonexistent/model"], "Cannot load model"),
+    (["eval", "--prune", "cls"], "needs --keep"),
+    (["eval", "--prune", "cls", "--keep", "-1"], "Keep ratio"),
+    (["eval", "--prune", "nope", "--keep", "0.5"], "Unknown pruning host"),
+    (["eval", "--quant", "w5a3x"], ""),
+])
+def test_bad_input_is_one_sentence_and_exit_2(argv, message, capsys, tmp_path):
+    rc = main(argv + ["--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("qapruner: error: ") and message in err
+    assert "Traceback" not in err and not (tmp_path / "x.json").exists()
+
+
+def test_unsupported_model_type(tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                 vocab_size=50)).save_pretrained(tmp_path / "llama")
+    rc = main(["eval", "--model", str(tmp_path / "llama"), "--task", "easy-vqa", "--limit", "2"])
+    assert rc == 2 and "supports LLaVA-family" in capsys.readouterr().err
