@@ -1,0 +1,16 @@
+"""Post-training quantization engine (simulated / fake quantization, fp32).
+
+    from qapruner.quant import quantize_, QuantConfig
+    quantize_(model, QuantConfig.from_preset("w4a4-rot-gptq"), calib=[{"input_ids": ids}, ...])
+
+See docs/quantization.md for the preset grammar, defaults and measured perplexities.
+"""
+
+from .api import quantization_error_at_first_layer, quantize_, select_targets
+from .config import ActQuantConfig, GPTQConfig, QuantConfig, WeightQuantConfig, parse_preset, to_preset
+from .quant_linear import ActQuantizer, QuantLinear
+
+__all__ = [
+    "quantize_", "quantization_error_at_first_layer", "select_targets", "QuantConfig", "WeightQuantConfig",
+    "ActQuantConfig", "GPTQConfig", "parse_preset", "to_preset", "QuantLinear", "ActQuantizer",
+]
