@@ -1,0 +1,133 @@
+"""CompareConfig: the whole experiment as data (a TOML/JSON recipe), overridable from the command line."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import QAPrunerError
+from ..prune.config import HOSTS, SENSITIVITIES
+
+DEFAULT_TASKS = ("easy-vqa", "fashion-mnist")
+DEFAULT_KEEPS = (0.5, 0.25, 0.125)
+PAPER_KEEP = 0.125  # the paper keeps 32 of 256 (LLaVA-1.3) = 12.5 %; 64 of 576 (LLaVA-1.5) = 11.1 %
+
+
+def _split(value, what: str) -> list[str]:
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        parts = [str(p).strip() for p in value]
+    else:
+        raise QAPrunerError(f"{what} must be a comma-separated string or a list, got {value!r}.")
+    parts = [p for p in parts if p]
+    if not parts:
+        raise QAPrunerError(f"{what} is empty.")
+    if len(set(parts)) != len(parts):
+        raise QAPrunerError(f"{what} lists an entry twice: {', '.join(parts)}.")
+    return parts
+
+
+@dataclass
+class CompareConfig:
+    model: str = "testbed"
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    quant: list[str] = field(default_factory=lambda: ["w4a4"])   # one or more presets (bits × keep grid)
+    hosts: list[str] = field(default_factory=lambda: list(HOSTS))
+    keeps: list[float] = field(default_factory=lambda: list(DEFAULT_KEEPS))
+    alpha: float | str = 0.7           # weight of the host score, or "dynamic"
+    sensitivity: str = "paper"         # paper: simulated INT{sens_bits}/G{sens_group_size}; matched: deployed quantizer
+    sens_bits: int = 4
+    sens_group_size: int = 128
+    layer_k: int = 2                   # FastV pruning layer
+    limit: int | None = None
+    seed: int = 0
+    out: str = "runs/compare"
+    fp_pruned: bool = True             # FP + host reference rows
+    mode: str = "choice"               # choice | generate (greedy)
+    max_new_tokens: int = 10
+    batch_size: int = 16
+    calib_samples: int = 32
+    bootstrap_reps: int = 10000
+    gallery: int = 4                   # images in the gallery (0: none)
+    notes: str = ""                    # free text copied into the report (e.g. how a recipe maps to the paper)
+
+    def __post_init__(self) -> None:
+        self.tasks = _split(self.tasks, "tasks")
+        self.quant = [q.lower() for q in _split(self.quant, "quant")]
+        if any(q in ("fp", "none", "fp16", "fp32") for q in self.quant):
+            raise QAPrunerError("--quant lists presets to compare against FP; FP dense and FP + host rows are always "
+                                "included, so leave 'fp' out.")
+        self.hosts = [h.lower() for h in _split(self.hosts, "hosts")]
+        for h in self.hosts:
+            if h not in HOSTS:
+                raise QAPrunerError(f"Unknown pruning host {h!r}; choose from {', '.join(HOSTS)}.")
+        try:
+            self.keeps = [float(k) for k in _split(self.keeps, "keeps")]
+        except ValueError:
+            raise QAPrunerError(f"--keeps must be numbers in (0, 1), got {self.keeps!r}.") from None
+        for k in self.keeps:
+            if not (0.0 < k < 1.0):
+                raise QAPrunerError(f"Keep ratios must be in (0, 1) (1 is the dense row), got {k}.")
+        self.keeps = sorted(set(self.keeps), reverse=True)
+        if isinstance(self.alpha, str) and self.alpha.lower() != "dynamic":
+            try:
+                self.alpha = float(self.alpha)
+            except ValueError:
+                raise QAPrunerError(f"--alpha must be a number in [0, 1] or 'dynamic', got {self.alpha!r}.") from None
+        if isinstance(self.alpha, str):
+            self.alpha = "dynamic"
+        elif not 0.0 <= float(self.alpha) <= 1.0:
+            raise QAPrunerError(f"--alpha must be in [0, 1] or 'dynamic', got {self.alpha}.")
+        if self.sensitivity not in SENSITIVITIES:
+            raise QAPrunerError(f"--sensitivity must be one of {', '.join(SENSITIVITIES)}, got {self.sensitivity!r}.")
+        if self.mode not in ("choice", "generate"):
+            raise QAPrunerError(f"--mode must be 'choice' or 'generate', got {self.mode!r}.")
+        if self.limit is not None and int(self.limit) <= 0:
+            raise QAPrunerError(f"--limit must be a positive number of items, got {self.limit}.")
+        for name in ("batch_size", "bootstrap_reps", "sens_bits", "sens_group_size"):
+            if int(getattr(self, name)) < 1:
+                raise QAPrunerError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.gallery < 0 or self.calib_samples < 0:
+            raise QAPrunerError("gallery and calib_samples must be non-negative.")
+
+    @property
+    def paper_keep(self) -> float:
+        """The keep ratio of the Table-1 columns: 12.5 % when swept, else the smallest ratio swept."""
+        return PAPER_KEEP if PAPER_KEEP in self.keeps else min(self.keeps)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+KEYS = {f.name for f in fields(CompareConfig)}
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A recipe: a flat TOML or JSON table whose keys are CompareConfig fields (``-`` or ``_``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise QAPrunerError(f"Config file '{path}' does not exist.")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            raise QAPrunerError(f"Config file '{path}' must end in .toml or .json.")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise QAPrunerError(f"Cannot parse config file '{path}': {exc}") from None
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - KEYS)
+    if unknown:
+        raise QAPrunerError(f"Config file '{path}' has unknown keys {', '.join(unknown)}; known: {', '.join(sorted(KEYS))}.")
+    return data
+
+
+def resolve(file_values: dict, cli_values: dict) -> CompareConfig:
+    """Defaults < config file < options given on the command line (``None`` = not given)."""
+    merged = dict(file_values)
+    merged.update({k: v for k, v in cli_values.items() if v is not None})
+    return CompareConfig(**merged)

@@ -1,0 +1,266 @@
+"""Running the grid: resumable, one quantized model per preset, a progress bar over configurations.
+
+Layout of ``--out DIR``::
+
+    items/<config-id>.jsonl         per-item predictions (the runner's resumable store; header pins the config)
+    items/<config-id>.summary.json  written when a configuration is complete: a rerun skips it entirely
+    gallery/data.json, gallery/*.png   S^Q of the gallery images and the images as the model saw them
+
+Everything model-specific goes through a ``Backend`` so the orchestration is testable without a model.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..commands.common import write_json
+from ..tasks.base import Task
+from .config import CompareConfig
+from .grid import Row, build_grid, slug
+
+
+class Backend:
+    """The real thing: qapruner's model registry, quantization engine and evaluation runner."""
+
+    def load_task(self, name: str) -> Task:
+        from ..tasks import load_task
+
+        return load_task(name)
+
+    def load_model(self, spec: str):
+        from ..models.registry import load_model
+
+        return load_model(spec)
+
+    def calibrates(self, preset: str) -> bool:
+        """True when the preset calibrates on task data (then a quantized copy is built per task)."""
+        from ..quant import QuantConfig
+
+        return QuantConfig.from_preset(preset).needs_calibration
+
+    def check_preset(self, preset: str) -> None:
+        from ..quant import QuantConfig
+
+        QuantConfig.from_preset(preset)
+
+    def quantize(self, loaded, preset: str, task: Task, cfg: CompareConfig, progress=None):
+        from ..eval.prepare import quantized_copy
+
+        return quantized_copy(loaded, preset, task, cfg.calib_samples, cfg.seed, progress=progress)
+
+    def evaluate(self, loaded, quant, task: Task, ecfg, items_path: Path, progress, label: str) -> dict:
+        from ..eval.runner import Evaluator
+
+        key = id(loaded.model)
+        if getattr(self, "_evaluator_key", None) != key:  # one Evaluator per model: its feature caches are reused
+            self._evaluator, self._evaluator_key = Evaluator(loaded, quant), key
+        return self._evaluator.run(task, ecfg, items_path, progress, label)
+
+    def gallery_data(self, loaded, task: Task, items, cfg: CompareConfig) -> dict:
+        """S^Q of each gallery image's visual tokens (as this model's projector gives them) and the image as
+        the vision tower saw it (after resize / crop)."""
+        import torch
+
+        from ..models.adapter import project
+        from ..models.features import FeatureCache
+        from ..prune.sensitivity import sensitivity_score
+
+        cache = FeatureCache(loaded.model, loaded.processor, task, loaded.key)
+        ip = loaded.processor.image_processor
+        mean = np.asarray(getattr(ip, "image_mean", [0.5] * 3), np.float32)[:, None, None]
+        std = np.asarray(getattr(ip, "image_std", [0.5] * 3), np.float32)[:, None, None]
+        out = {}
+        with torch.no_grad():
+            for it in items:
+                feats, _ = cache.get([it.image])
+                visual = project(loaded.model, feats.to(next(loaded.model.parameters()).device))
+                err = None
+                if cfg.sensitivity == "matched":
+                    from ..quant import quantization_error_at_first_layer
+
+                    err = quantization_error_at_first_layer(loaded.model, visual)
+                sq = sensitivity_score(visual, cfg.sens_bits, cfg.sens_group_size, error=err)[0]
+                px = ip([task.load_image(it.image)], return_tensors="pt")["pixel_values"][0].float().numpy()
+                img = np.clip((px * std + mean).transpose(1, 2, 0), 0, 1)
+                out[it.uid] = {"sq": sq.cpu().tolist(), "image": (img * 255).astype(np.uint8)}
+        return out
+
+    def release(self, loaded) -> None:
+        self._evaluator = self._evaluator_key = None
+        del loaded
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
+@dataclass
+class GalleryPlan:
+    task: str
+    quant: str
+    host: str
+    keep: float
+    uids: list[str] = field(default_factory=list)
+
+
+def gallery_plan(cfg: CompareConfig, tasks: dict[str, Task]) -> GalleryPlan | None:
+    """The first task and preset, CDPruner if swept (the paper's host) else the first host, at the paper keep;
+    the first ``cfg.gallery`` items of the subset that show distinct images."""
+    if cfg.gallery <= 0:
+        return None
+    task = tasks[cfg.tasks[0]]
+    host = "cdpruner" if "cdpruner" in cfg.hosts else cfg.hosts[0]
+    seen, uids = set(), []
+    for it in task.items:
+        if it.image not in seen:
+            seen.add(it.image)
+            uids.append(it.uid)
+        if len(uids) == cfg.gallery:
+            break
+    return GalleryPlan(cfg.tasks[0], cfg.quant[0], host, cfg.paper_keep, uids)
+
+
+def summary_path(items_dir: Path, cid: str) -> Path:
+    return items_dir / f"{cid}.summary.json"
+
+
+def finished_summary(items_dir: Path, cid: str, fingerprint: dict) -> dict | None:
+    """The saved summary of a complete configuration, or None when it must (still) run."""
+    p = summary_path(items_dir, cid)
+    if not p.exists() or not (items_dir / f"{cid}.jsonl").exists():
+        return None
+    try:
+        s = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+    return s if s.get("fingerprint") == json.loads(json.dumps(fingerprint)) else None
+
+
+def read_items(path: Path) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        next(f, None)  # header
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None, log=print) -> dict:
+    """Run every unfinished configuration; return {"tasks", "rows", "configs", "gallery"} (no statistics)."""
+    out_dir = Path(out_dir)
+    items_dir = out_dir / "items"
+    items_dir.mkdir(parents=True, exist_ok=True)
+    for q in cfg.quant:
+        backend.check_preset(q)  # fail on a bad preset before loading anything
+    tasks = {name: backend.load_task(name).subset(cfg.limit, cfg.seed) for name in cfg.tasks}
+    rows = build_grid(cfg)
+    ids = {r: r.config_id(cfg) for r in rows}
+    summaries = {r: finished_summary(items_dir, ids[r], r.fingerprint(cfg)) for r in rows}
+    todo = [r for r in rows if summaries[r] is None]
+    plan = gallery_plan(cfg, tasks)
+    gallery_file = out_dir / "gallery" / "data.json"
+    need_gallery = plan is not None and not _gallery_ok(gallery_file, plan, cfg)
+    log(f"{len(rows)} configurations, {len(rows) - len(todo)} already finished, {len(todo)} to run")
+
+    fp = None
+    bar = progress.add_task("configurations", total=len(rows), completed=len(rows) - len(todo)) if progress else None
+    for quant in [None, *cfg.quant]:
+        group = [r for r in todo if r.quant == quant]
+        gallery_here = need_gallery and quant == plan.quant
+        if not group and not gallery_here:
+            continue
+        if fp is None:
+            fp = backend.load_model(cfg.model)
+        models: dict = {}
+        for tname, task in tasks.items():
+            task_rows = [r for r in group if r.task == tname]
+            want_gallery = gallery_here and tname == plan.task
+            if not task_rows and not want_gallery:
+                continue
+            if quant is None:
+                model, qinfo = fp, None
+            else:
+                key = tname if backend.calibrates(quant) else None
+                if key not in models:
+                    for old in list(models):  # at most one quantized copy alive at a time
+                        backend.release(models.pop(old)[0])
+                    log(f"quantizing {cfg.model} with {quant}" + (f" (calibrated on {tname})" if key else ""))
+                    models[key] = backend.quantize(fp, quant, task, cfg, progress)
+                model, qinfo = models[key]
+            for r in task_rows:
+                cid = ids[r]
+                s = backend.evaluate(model, quant, task, r.eval_config(cfg), items_dir / f"{cid}.jsonl", progress,
+                                     f"{tname} · {r.label}")
+                s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo})
+                write_json(summary_path(items_dir, cid), s)
+                summaries[r] = s
+                if progress:
+                    progress.advance(bar)
+            if want_gallery:
+                items = [it for it in task.items if it.uid in set(plan.uids)]
+                data = backend.gallery_data(model, task, items, cfg)
+                _save_gallery(gallery_file, plan, cfg, data, items, model_grid(model))
+        for old in list(models):
+            backend.release(models.pop(old)[0])
+    if progress and bar is not None:
+        progress.remove_task(bar)
+
+    configs = [{"id": ids[r], "row": r.to_dict(), "summary": summaries[r]} for r in rows]
+    return {"tasks": tasks, "rows": rows, "configs": configs,
+            "gallery": (plan, gallery_file) if plan is not None else None}
+
+
+def model_grid(loaded) -> list[int]:
+    return list(getattr(loaded, "grid", (0, 0)))
+
+
+def _gallery_key(plan: GalleryPlan, cfg: CompareConfig) -> dict:
+    return {"task": plan.task, "quant": plan.quant, "uids": plan.uids, "model": cfg.model, "sensitivity": cfg.sensitivity,
+            "sens_bits": cfg.sens_bits, "sens_group_size": cfg.sens_group_size}
+
+
+def _gallery_ok(path: Path, plan: GalleryPlan, cfg: CompareConfig) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("key") == _gallery_key(plan, cfg)
+    except json.JSONDecodeError:
+        return False
+
+
+def _save_gallery(path: Path, plan, cfg, data: dict, items, grid) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for it in items:
+        d = data[it.uid]
+        name = f"view_{slug(it.uid)}.png"
+        Image.fromarray(d["image"]).save(path.parent / name)
+        entries.append({"uid": it.uid, "image_file": name, "question": it.question, "answer": it.answer,
+                        "sq": [round(float(x), 5) for x in d["sq"]]})
+    write_json(path, {"key": _gallery_key(plan, cfg), "grid": grid, "items": entries})
+
+
+def correctness(configs: list[dict], tasks: dict[str, Task], items_dir: Path) -> tuple[dict, dict]:
+    """Per config id: {uid: correct} and {uid: kept indices} restricted to the task subset's items."""
+    corr, kept = {}, {}
+    for c in configs:
+        uids = {it.uid for it in tasks[c["row"]["task"]].items}
+        path = Path(items_dir) / f"{c['id']}.jsonl"
+        rows = [r for r in read_items(path) if r["uid"] in uids]
+        corr[c["id"]] = {r["uid"]: bool(r["correct"]) for r in rows}
+        kept[c["id"]] = {r["uid"]: r["kept"] for r in rows if "kept" in r}
+    return corr, kept

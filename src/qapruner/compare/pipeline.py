@@ -1,0 +1,56 @@
+"""The whole ``compare`` pipeline: run the grid, then statistics, results.json, report.md/html and plots."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from ..commands.common import write_json
+from .config import CompareConfig
+from .orchestrate import Backend, correctness, run_grid
+from .report import build_results, write_reports
+
+
+def environment_info() -> dict:
+    from ..eval.runner import environment
+
+    return environment()
+
+
+def run_compare(cfg: CompareConfig, backend: Backend | None = None, argv: list[str] | None = None, progress=None,
+                log=print, env: dict | None = None) -> dict:
+    out_dir = Path(cfg.out)
+    backend = backend or Backend()
+    argv = list(argv or [])
+    grid = run_grid(cfg, backend, out_dir, progress, log)
+    corr, kept = correctness(grid["configs"], grid["tasks"], out_dir / "items")
+    results = build_results(cfg, grid, corr, env if env is not None else environment_info(), argv,
+                            shlex.join(["qapruner", *argv]))
+    results["outputs"] = write_outputs(results, out_dir, kept)
+    write_json(out_dir / "results.json", results)
+    return results
+
+
+def write_outputs(results: dict, out_dir: Path, kept: dict) -> dict:
+    """Plots (PNG) and reports; returns {name: path relative to out_dir}."""
+    from . import plots as P
+
+    out_dir = Path(out_dir)
+    figs: dict[str, str] = {}
+    for t in results["config"]["tasks"]:
+        name = f"accuracy_{_file_slug(t)}.png"
+        P.accuracy_vs_keep(results, t, out_dir / name)
+        figs[f"{t}: accuracy vs keep ratio"] = name
+    if results["comparisons"]:
+        P.qa_minus_host(results, out_dir / "qa_minus_host.png")
+        figs["QA − host differences"] = "qa_minus_host.png"
+    if results.get("gallery") and P.gallery(results, out_dir / "gallery", kept, out_dir / "gallery.png"):
+        figs["Gallery: kept tokens (host, QA-host) and S^Q outliers"] = "gallery.png"
+    md, html = write_reports(results, out_dir, figs)
+    return {"plots": figs, "report_md": md.name, "report_html": html.name, "results": "results.json"}
+
+
+def _file_slug(text: str) -> str:
+    from .grid import slug
+
+    return slug(text)

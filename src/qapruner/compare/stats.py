@@ -1,0 +1,60 @@
+"""Paired statistics of the grid: every row of a task scored the same items, so QA-host and host are
+compared item by item (exact McNemar on the discordant pairs, paired bootstrap CI of the difference)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..eval.stats import mcnemar, paired_bootstrap
+
+
+def aligned(a: dict[str, bool], b: dict[str, bool]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Correctness vectors over the uids both hold, in a fixed order."""
+    uids = sorted(set(a) & set(b))
+    return (np.array([a[u] for u in uids], bool), np.array([b[u] for u in uids], bool), uids)
+
+
+def paired(a: dict[str, bool], b: dict[str, bool], reps: int, seed: int) -> dict:
+    """b − a: accuracy difference, exact McNemar p, paired bootstrap 95 % CI."""
+    va, vb, uids = aligned(a, b)
+    if len(uids) != len(a) or len(uids) != len(b):
+        raise ValueError("paired comparison needs both configurations scored on the same items")
+    m = mcnemar(va, vb)
+    boot = paired_bootstrap(va, vb, reps=reps, seed=seed)
+    return {"n": len(uids), "acc_a": float(va.mean()), "acc_b": float(vb.mean()), "diff": boot["diff"],
+            "ci95": boot["ci95"], "p_value": m["p_value"], "a_only": m["a_only"], "b_only": m["b_only"],
+            "bootstrap_reps": reps, "bootstrap_seed": seed}
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (family-wise error over all comparisons of a report)."""
+    m = len(pvalues)
+    order = np.argsort(pvalues, kind="stable")
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adj[i] = running
+    return adj.tolist()
+
+
+def qa_vs_host(configs: list[dict], correctness: dict[str, dict[str, bool]], reps: int, seed: int,
+               alpha: float = 0.05) -> list[dict]:
+    """For each (task, quant, host, keep) holding both a host and a QA-host row: QA − host."""
+    by_key = {}
+    for c in configs:
+        r = c["row"]
+        if r["host"] is not None:
+            by_key[(r["task"], r["quant"], r["host"], r["keep"], r["qa"])] = c["id"]
+    out = []
+    for (task, quant, host, keep, qa), host_id in by_key.items():
+        if qa or (task, quant, host, keep, True) not in by_key:
+            continue
+        qa_id = by_key[(task, quant, host, keep, True)]
+        s = paired(correctness[host_id], correctness[qa_id], reps, seed)
+        out.append({"task": task, "quant": quant, "host": host, "keep": keep, "host_id": host_id, "qa_id": qa_id, **s})
+    for c, p in zip(out, holm([c["p_value"] for c in out])):
+        c["p_holm"] = p
+        c["significant"] = c["p_value"] < alpha
+        c["significant_holm"] = p < alpha
+    return out

@@ -1,0 +1,262 @@
+"""compare: grid, config merging, resumability, paired statistics, report and plots — with a fake backend
+(synthetic tasks and per-item results), so no model is needed and the whole file runs in a few seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qapruner.compare.config import CompareConfig, load_config_file, resolve
+from qapruner.compare.grid import Row, build_grid
+from qapruner.compare.orchestrate import Backend
+from qapruner.compare.pipeline import run_compare
+from qapruner.compare.stats import holm, paired
+from qapruner.errors import QAPrunerError
+from qapruner.eval.stats import wilson_ci
+from qapruner.eval.store import ItemStore
+from qapruner.prune import num_keep
+from qapruner.tasks.base import Item, Task
+
+N_TOKENS, GRID = 16, (4, 4)
+
+
+def synthetic_task(name: str, n: int = 40) -> Task:
+    answers = ("yes", "no")
+    items = [Item(f"{name}/{i}", i % 10, f"question {i}?", f"question {i}?", answers, answers[i % 2]) for i in range(n)]
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (20, 20, 3), dtype=np.uint8) for _ in range(10)]
+    return Task(name, items, 10, lambda i: Image.fromarray(imgs[i]), cache_key=f"{name}-test", meta={"split": "test"})
+
+
+class FakeModel:
+    grid = GRID
+
+    def __init__(self, quant=None):
+        self.quant = quant
+
+
+class FakeBackend(Backend):
+    """Outcome of item i under a configuration = outcome(kind, quant, host, keep, i) (True = correct)."""
+
+    def __init__(self, outcome=None, fail_after: int | None = None):
+        self.outcome = outcome or (lambda kind, quant, host, keep, i: (i * 7 + len(kind) + int(100 * (keep or 1))) % 3 != 0)
+        self.fail_after = fail_after
+        self.evaluated, self.quantized, self.loaded, self.gallery_calls = [], [], 0, 0
+
+    def load_task(self, name):
+        return synthetic_task(name)
+
+    def load_model(self, spec):
+        self.loaded += 1
+        return FakeModel()
+
+    def calibrates(self, preset):
+        return "gptq" in preset
+
+    def check_preset(self, preset):
+        if not preset.startswith("w"):
+            raise QAPrunerError(f"bad preset {preset}")
+
+    def quantize(self, loaded, preset, task, cfg, progress=None):
+        self.quantized.append((preset, task.name))
+        return FakeModel(preset), {"preset": preset}
+
+    def evaluate(self, loaded, quant, task, ecfg, items_path, progress, label):
+        if self.fail_after is not None and len(self.evaluated) >= self.fail_after:
+            raise KeyboardInterrupt
+        assert loaded.quant == quant  # each row runs on the model of its own preset
+        p = ecfg.prune
+        kind = "dense" if p is None else ("qa" if p.qa else "host")
+        store = ItemStore(items_path, {"task": task.name, **ecfg.describe()})
+        rows = []
+        k = N_TOKENS if p is None else num_keep(p.keep, N_TOKENS)
+        for it in task.items:
+            i = int(it.uid.split("/")[1])
+            ok = self.outcome(kind, quant, p and p.host, p and p.keep, i)
+            row = {"uid": it.uid, "pred": it.answer if ok else "x", "answer": it.answer, "correct": ok}
+            if p is not None:
+                start = (i + (3 if p.qa else 0)) % N_TOKENS
+                row["kept"] = sorted((start + j) % N_TOKENS for j in range(k))
+            rows.append(row)
+        store.add(rows)
+        self.evaluated.append(label)
+        c = sum(r["correct"] for r in rows)
+        return {"n": len(rows), "correct": c, "accuracy": c / len(rows), "ci95": list(wilson_ci(c, len(rows))),
+                "visual_tokens": {"before": N_TOKENS, "kept": k}, "timing": {"select_s": 0.01, "prefill_s": 0.1},
+                "seconds": 0.1, "items_per_second": 100.0, "subset": task.meta.get("subset"), "mode": ecfg.mode}
+
+    def gallery_data(self, loaded, task, items, cfg):
+        self.gallery_calls += 1
+        rng = np.random.default_rng(1)
+        return {it.uid: {"sq": rng.random(N_TOKENS).tolist(), "image": rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)}
+                for it in items}
+
+    def release(self, loaded):
+        pass
+
+
+def cfg_for(tmp_path, **kw) -> CompareConfig:
+    base = dict(tasks="t1", quant="w4a4", hosts="cls,cdpruner", keeps="0.5,0.125", limit=None, out=str(tmp_path / "cmp"),
+                bootstrap_reps=500, gallery=2)
+    base.update(kw)
+    return CompareConfig(**base)
+
+
+ENV = {"python": "3", "torch": "x", "transformers": "y", "device": "cpu", "cpu_threads": 1}
+
+
+# ------------------------------------------------------------------------------------------------ grid
+def test_grid_rows(tmp_path):
+    cfg = cfg_for(tmp_path)
+    rows = build_grid(cfg)
+    kinds = [r.kind for r in rows]
+    assert kinds.count("fp-dense") == 1 and kinds.count("q-dense") == 1
+    assert kinds.count("fp-host") == 4 and kinds.count("q-host") == 4 and kinds.count("q-qa") == 4
+    assert len(rows) == 14
+    assert Row("t1", "w4a4", "cdpruner", 0.125, True) in rows
+    assert not any(r.kind == "fp-qa" for r in rows)
+    assert len({r.config_id(cfg) for r in rows}) == len(rows)
+    assert len(build_grid(cfg_for(tmp_path, fp_pruned=False))) == 10
+    two = cfg_for(tmp_path, quant="w4a4,w4a8", tasks="t1,t2")
+    assert len(build_grid(two)) == 2 * (1 + 4 + 2 * (1 + 8))
+    # the id changes with anything that changes per-item results, not with the batch size
+    r = Row("t1", "w4a4", "cls", 0.5, True)
+    assert r.config_id(cfg) != r.config_id(cfg_for(tmp_path, seed=1))
+    assert r.config_id(cfg) != r.config_id(cfg_for(tmp_path, alpha="dynamic"))
+    assert r.config_id(cfg) == r.config_id(cfg_for(tmp_path, batch_size=3))
+    assert r.prune_config(cfg).qa and r.eval_config(cfg).quant == "w4a4"
+
+
+def test_config_defaults_file_and_overrides(tmp_path):
+    d = CompareConfig()
+    assert d.tasks == ["easy-vqa", "fashion-mnist"] and d.quant == ["w4a4"] and len(d.hosts) == 6
+    assert d.keeps == [0.5, 0.25, 0.125] and d.paper_keep == 0.125 and d.fp_pruned
+    f = tmp_path / "r.toml"
+    f.write_text('tasks = ["easy-vqa"]\nquant = "w4a4,w4a8"\nkeeps = [0.25]\nno-such = 1\n')
+    with pytest.raises(QAPrunerError, match="unknown keys"):
+        load_config_file(f)
+    f.write_text('tasks = ["easy-vqa"]\nquant = "w4a4,w4a8"\nkeeps = [0.25]\nalpha = "dynamic"\nlimit = 8\n')
+    cfg = resolve(load_config_file(f), {"limit": 4, "hosts": "cls", "seed": None})
+    assert cfg.quant == ["w4a4", "w4a8"] and cfg.keeps == [0.25] and cfg.alpha == "dynamic"
+    assert cfg.limit == 4 and cfg.hosts == ["cls"] and cfg.seed == 0 and cfg.paper_keep == 0.25
+    j = tmp_path / "r.json"
+    j.write_text(json.dumps({"hosts": ["divprune"], "fp_pruned": False}))
+    assert resolve(load_config_file(j), {}).hosts == ["divprune"]
+    for bad in ({"hosts": "cls,nope"}, {"keeps": "0.5,1.0"}, {"alpha": "1.5"}, {"quant": "fp"}, {"hosts": "cls,cls"},
+                {"limit": 0}, {"keeps": "half"}):
+        with pytest.raises(QAPrunerError):
+            CompareConfig(**bad)
+
+
+# ------------------------------------------------------------------------------------------- statistics
+def test_paired_stats_match_hand_computed_mcnemar():
+    # 20 items: both right on 8, both wrong on 4, QA only right on 7, host only right on 1.
+    host = [True] * 8 + [False] * 4 + [False] * 7 + [True]
+    qa = [True] * 8 + [False] * 4 + [True] * 7 + [False]
+    uids = [f"u{i:02d}" for i in range(20)]
+    s = paired(dict(zip(uids, host)), dict(zip(uids, qa)), reps=2000, seed=0)
+    # exact McNemar: 8 discordant pairs, 7 vs 1 -> p = 2 * P(X <= 1 | Bin(8, 1/2)) = 2 * 9 / 256
+    assert s["b_only"] == 7 and s["a_only"] == 1
+    assert s["p_value"] == pytest.approx(18 / 256)
+    assert s["diff"] == pytest.approx(6 / 20)
+    assert s["ci95"][0] < 0.3 < s["ci95"][1] and s["ci95"][0] > 0
+    with pytest.raises(ValueError):
+        paired({"a": True}, {"b": True}, 10, 0)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def crafted_outcome(kind, quant, host, keep, i):
+    """cdpruner @ 0.125: host right on items 0-19 and 36; QA right on 0-19 and 20-26 (7 vs 1 discordant)."""
+    if host == "cdpruner" and keep == 0.125:
+        if kind == "host":
+            return i < 20 or i == 36
+        return i < 27
+    return i % 2 == 0 if kind != "dense" else i % 4 != 0
+
+
+def test_pipeline_outputs_and_stats(tmp_path):
+    cfg = cfg_for(tmp_path)
+    backend = FakeBackend(crafted_outcome)
+    res = run_compare(cfg, backend, argv=["compare", "--tasks", "t1"], log=lambda *a: None, env=ENV)
+    out = Path(cfg.out)
+    assert backend.loaded == 1 and backend.quantized == [("w4a4", "t1")] and len(backend.evaluated) == 14
+    for name in ("results.json", "report.md", "report.html", "accuracy_t1.png", "qa_minus_host.png", "gallery.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "accuracy_t1.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["command"] == "qapruner compare --tasks t1" and saved["seeds"]["subset"] == 0
+    assert saved["environment"] == ENV and len(saved["configs"]) == 14
+    assert all({"accuracy", "ci95", "n", "visual_tokens", "timing"} <= set(c) for c in saved["configs"])
+    comp = {(c["host"], c["keep"]): c for c in saved["comparisons"]}
+    assert len(comp) == 4
+    c = comp[("cdpruner", 0.125)]
+    assert (c["b_only"], c["a_only"]) == (7, 1) and c["p_value"] == pytest.approx(18 / 256)
+    assert c["diff"] == pytest.approx(6 / 40) and not c["significant"]
+    assert comp[("cls", 0.5)]["p_value"] == 1.0
+    md = (out / "report.md").read_text()
+    assert "| task | n | FP dense | W4A4 dense | W4A4 + cls | W4A4 + QA-cls | W4A4 + cdpruner | W4A4 + QA-cdpruner |" in md
+    # Table 1 row: FP dense 75 %, Wq dense 75 %, cls host/QA 50 %, cdpruner 52.5 % / 67.5 %
+    assert "| t1 | 40 | 75.0 | 75.0 | 50.0 | 50.0 = | 52.5 | 67.5 ▲ |" in md
+    assert "None of the 4 QA − host differences is significant" in md
+    assert "## All configurations: t1" in md and "![" in md
+    assert "<table>" in (out / "report.html").read_text()
+    assert res["gallery"]["host"] == "cdpruner" and res["gallery"]["qa_id"]
+
+
+def test_rerun_after_interruption_skips_finished(tmp_path):
+    cfg = cfg_for(tmp_path)
+    first = FakeBackend(fail_after=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(cfg, first, log=lambda *a: None, env=ENV)
+    assert len(first.evaluated) == 5
+    second = FakeBackend()
+    run_compare(cfg, second, log=lambda *a: None, env=ENV)
+    assert len(second.evaluated) == 14 - 5
+    assert not set(first.evaluated) & set(second.evaluated)
+    third = FakeBackend()
+    res = run_compare(cfg, third, log=lambda *a: None, env=ENV)
+    assert third.evaluated == [] and third.loaded == 0 and third.quantized == [] and third.gallery_calls == 0
+    assert len(res["configs"]) == 14
+    # a changed option only reruns what it changes: alpha touches the QA rows alone
+    fourth = FakeBackend()
+    run_compare(cfg_for(tmp_path, alpha=0.5), fourth, log=lambda *a: None, env=ENV)
+    assert len(fourth.evaluated) == 4 and all("QA-" in label for label in fourth.evaluated)
+
+
+def test_one_quantized_model_per_preset(tmp_path):
+    cfg = cfg_for(tmp_path, tasks="t1,t2", quant="w4a4,w4a8-gptq", gallery=0)
+    b = FakeBackend()
+    res = run_compare(cfg, b, log=lambda *a: None, env=ENV)
+    # RTN needs no calibration: one copy for both tasks; GPTQ calibrates on each task: one per task
+    assert b.quantized == [("w4a4", "t1"), ("w4a8-gptq", "t1"), ("w4a8-gptq", "t2")]
+    assert len(res["comparisons"]) == 2 * 2 * 2 * 2
+    md = (Path(cfg.out) / "report.md").read_text()
+    assert "| task | Wq | n | FP dense | Wq dense |" in md and "| t2 | W4A8-GPTQ |" in md
+    assert not (Path(cfg.out) / "gallery.png").exists()
+
+
+def test_cli_parses_and_merges_config(tmp_path):
+    from qapruner.cli import build_parser
+    from qapruner.commands.compare import config_from_args
+
+    f = tmp_path / "r.toml"
+    f.write_text('model = "some/llava"\ntasks = "scienceqa-img"\nhosts = "cdpruner"\nkeeps = [0.125]\nseed = 3\n')
+    args = build_parser().parse_args(["compare", "--config", str(f), "--quant", "w4a4,w4a6", "--limit", "8",
+                                      "--no-fp-pruned", "--out", str(tmp_path / "o")])
+    cfg = config_from_args(args)
+    assert cfg.model == "some/llava" and cfg.tasks == ["scienceqa-img"] and cfg.quant == ["w4a4", "w4a6"]
+    assert cfg.limit == 8 and cfg.seed == 3 and not cfg.fp_pruned and cfg.keeps == [0.125]
+    args = build_parser().parse_args(["compare", "--task", "fashion-mnist"])
+    cfg = config_from_args(args)
+    assert cfg.tasks == ["fashion-mnist"] and cfg.model == "testbed" and cfg.batch_size == 16
+
+
+def test_paper_recipe_parses():
+    root = Path(__file__).resolve().parents[1]
+    cfg = resolve(load_config_file(root / "configs" / "paper_llava15_scienceqa.toml"), {})
+    assert cfg.model == "llava-hf/llava-1.5-7b-hf" and cfg.tasks == ["scienceqa-img"]
+    assert cfg.hosts == ["cdpruner"] and cfg.keeps == [0.125] and cfg.quant[0].startswith("w4a4")
