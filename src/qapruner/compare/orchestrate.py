@@ -174,7 +174,7 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
     need_gallery = plan is not None and not _gallery_ok(gallery_file, plan, cfg)
     log(f"{len(rows)} configurations, {len(rows) - len(todo)} already finished, {len(todo)} to run")
 
-    fp = None
+    fp = model = None
     bar = progress.add_task("configurations", total=len(rows), completed=len(rows) - len(todo)) if progress else None
     for quant in [None, *cfg.quant]:
         group = [r for r in todo if r.quant == quant]
@@ -194,6 +194,7 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
             else:
                 key = tname if backend.calibrates(quant) else None
                 if key not in models:
+                    model = None  # drop our reference too, so the previous copy can be freed before the next
                     for old in list(models):  # at most one quantized copy alive at a time
                         backend.release(models.pop(old)[0])
                     log(f"quantizing {cfg.model} with {quant}" + (f" (calibrated on {tname})" if key else ""))
@@ -212,6 +213,7 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
                 items = [it for it in task.items if it.uid in set(plan.uids)]
                 data = backend.gallery_data(model, task, items, cfg)
                 _save_gallery(gallery_file, plan, cfg, data, items, model_grid(model))
+        model = None
         for old in list(models):
             backend.release(models.pop(old)[0])
     if progress and bar is not None:

@@ -42,13 +42,13 @@ def accuracy_vs_keep(results: dict, task: str, path: Path) -> Path:
         fp_host = pick("fp-host", None, host)
         if fp_host:
             ax.plot([c["keep"] for c in fp_host], [_acc(c) for c in fp_host], color=FP_COLOR, ls="--", marker="^",
-                    ms=4, label=f"FP + {host}")
+                    ms=4, label="FP + host")
         for qi, q in enumerate(quants):
             style = QUANT_STYLES[qi % len(QUANT_STYLES)]
             dense = pick("q-dense", q)
             if dense:
                 ax.axhline(_acc(dense[0]), color="#2ca02c", lw=1, ls=(0, (1, 2 + qi)), label=f"{q.upper()} dense")
-            for kind, color, name, marker in (("q-host", HOST_COLOR, host, "o"), ("q-qa", QA_COLOR, f"QA-{host}", "D")):
+            for kind, color, name, marker in (("q-host", HOST_COLOR, "host", "o"), ("q-qa", QA_COLOR, "QA-host", "D")):
                 sel = pick(kind, q, host)
                 if not sel:
                     continue
@@ -59,21 +59,24 @@ def accuracy_vs_keep(results: dict, task: str, path: Path) -> Path:
                 qa = kind == "q-qa"  # hollow, smaller markers so that equal accuracies stay visible
                 ax.plot(x, y, color=color, ls=style, marker=marker, ms=5 if qa else 8, mfc="none" if qa else color,
                         mew=1.5, label=f"{q.upper()} + {name}")
-                ax.fill_between(x, lo, hi, color=color, alpha=0.08, lw=0)
+                if len(quants) == 1:  # with several presets the bands would hide the lines
+                    ax.fill_between(x, lo, hi, color=color, alpha=0.07, lw=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
         ax.minorticks_off()
         ax.set_title(host)
         ax.set_xlabel("keep ratio (share of visual tokens)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
     for ax in axes.flat[len(hosts):]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy (%)")
     n = fp_dense[0]["n"] if fp_dense else (cfgs[0]["n"] if cfgs else 0)
-    fig.suptitle(f"{task}: accuracy vs keep ratio (n = {n}; shaded: Wilson 95 % CI)", fontsize=11)
-    fig.tight_layout()
+    shaded = "; shaded: Wilson 95 % CI" if len(quants) == 1 else ""
+    fig.suptitle(f"{task}: accuracy vs keep ratio (n = {n}{shaded})", fontsize=11)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
