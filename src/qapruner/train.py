@@ -2,6 +2,7 @@
 
 Recipe (see docs/testbed.md): cached DINOv2 features; loss = cross-entropy on the answer tokens only;
 AdamW with warmup + cosine decay; bf16 autocast on the CPU for speed (evaluation stays fp32);
+optional LoRA (rank 8) on every LLM linear, merged into the weights at load time;
 training-time visual-token dropout: each batch keeps a random subset of the 256 visual tokens with a ratio
 drawn from ``token_keep`` (a random, content-blind subset, so no host pruner is favoured over another),
 which both makes the model usable with few tokens and shortens the average training sequence.
@@ -23,6 +24,7 @@ from safetensors.torch import save_file
 
 from .models.adapter import image_token_id, project, splice_visual, tokenize_with_visual, user_turn
 from .models.features import FeatureCache
+from .models.lora import add_lora, lora_state
 from .models.testbed import load_testbed, testbed_model_key
 from .tasks import load_task
 
@@ -36,9 +38,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     token_keep: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
-    tasks: dict[str, int] = field(default_factory=lambda: {"easy-vqa": 4000, "fashion-mnist": 3000})  # images per task
+    tasks: dict[str, int] = field(default_factory=lambda: {"easy-vqa": 2700, "fashion-mnist": 1500})  # images per task
     task_weights: dict[str, float] = field(default_factory=lambda: {"easy-vqa": 0.6, "fashion-mnist": 0.4})
     bf16: bool = True
+    lora_rank: int = 8          # 0 = projector only
+    lora_alpha: float = 16.0
+    lora_lr: float = 2e-4
     out: str = "src/qapruner/assets/testbed_projector.safetensors"
 
 
@@ -72,7 +77,12 @@ def train_projector(cfg: TrainConfig) -> dict:
     weights = [cfg.task_weights[n] for n in names]
     n_tokens = model.config.image_seq_length
 
-    opt = torch.optim.AdamW(projector.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lora = add_lora(model.model.language_model, cfg.lora_rank, cfg.lora_alpha, cfg.seed) if cfg.lora_rank else {}
+    groups = [{"params": list(projector.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+    if lora:
+        groups.append({"params": [p for m in lora.values() for p in (m.lora_a, m.lora_b)], "lr": cfg.lora_lr,
+                       "base_lr": cfg.lora_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     log, start = [], time.time()
     columns = [TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
                TimeRemainingColumn()]
@@ -100,7 +110,7 @@ def train_projector(cfg: TrainConfig) -> dict:
                 ids[i, : len(r)] = torch.tensor(r)
                 attn[i, : len(r)] = 1
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, cfg)
+                g["lr"] = g["base_lr"] * _lr_at(step, cfg) / cfg.lr
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 embeds = splice_visual(model, ids, project(model, feats))
                 hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
@@ -111,14 +121,19 @@ def train_projector(cfg: TrainConfig) -> dict:
             loss = torch.nn.functional.cross_entropy(logits, gold)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
             opt.step()
             log.append({"step": step, "task": name, "keep": keep, "loss": round(loss.item(), 4)})
             progress.update(bar, advance=1, loss=float(np.mean([r["loss"] for r in log[-20:]])))
+            if not progress.console.is_terminal and (step + 1) % 25 == 0:
+                print(f"step {step + 1}/{cfg.steps} loss(avg20) {np.mean([r['loss'] for r in log[-20:]]):.4f} "
+                      f"{time.time() - start:.0f}s", flush=True)
     seconds = time.time() - start
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in projector.state_dict().items()}, str(out))
+    state = {f"projector.{k}": v.detach().contiguous() for k, v in projector.state_dict().items()}
+    state.update(lora_state(lora))
+    save_file(state, str(out))
     summary = {"config": asdict(cfg), "seconds": round(seconds, 1), "final_loss_avg20": log[-1] and
                float(np.mean([r["loss"] for r in log[-20:]])), "torch": torch.__version__}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))

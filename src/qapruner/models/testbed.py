@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from transformers import BitImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from ..paths import cache_dir
+from .lora import merge_lora
 from .smollm import load_smollm2
 from .vision import dinov2_config, load_dinov2_s14
 
@@ -81,9 +82,11 @@ def _assemble(out: Path) -> None:
 
 
 def load_projector(model: LlavaForConditionalGeneration, path: Path = PROJECTOR_ASSET) -> None:
-    """Load trained projector weights (the committed asset by default)."""
+    """Load the trained projector (and LoRA deltas merged into the LM, if any) from the committed asset."""
     state = load_file(str(path))
-    model.model.multi_modal_projector.load_state_dict(state)
+    projector = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
+    model.model.multi_modal_projector.load_state_dict(projector)
+    merge_lora(model.model.language_model, state)
 
 
 def load_testbed(projector: Path | None = PROJECTOR_ASSET):
