@@ -61,7 +61,8 @@ def run(args) -> int:
     quant_info = None
     with progress_bar() as progress:
         if args.quant:
-            loaded, quant_info = quantized_copy(loaded, args.quant, task, args.calib_samples, args.seed)
+            loaded, quant_info = quantized_copy(loaded, args.quant, task, args.calib_samples, args.seed,
+                                                  progress=progress)
         summary = Evaluator(loaded, args.quant).run(task, cfg, out.with_suffix(".items.jsonl"), progress)
     summary.update({"seed": args.seed, "quant_info": quant_info, "environment": environment()})
     write_json(out, summary)

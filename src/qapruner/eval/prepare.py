@@ -8,7 +8,6 @@ import time
 
 import torch
 
-from ..errors import QAPrunerError
 from ..models.adapter import image_token_id, pad_left, project, splice_visual, tokenize_with_visual, user_turn
 from ..models.features import FeatureCache
 from ..models.registry import LoadedModel
@@ -56,10 +55,10 @@ def quantized_copy(loaded: LoadedModel, preset: str, task: Task, calib_samples: 
     if config.needs_calibration:
         calib = calibration_inputs(loaded, calibration_task(task), calib_samples, seed)
     model = copy.deepcopy(loaded.model)
-    try:
-        quantize_(model, config, calib=calib, progress=progress)
-    except QAPrunerError:
-        raise
+    track = None
+    if progress is not None:  # quantize_ takes a ``track(iterable, total=, description=)`` callable
+        track = progress.track if hasattr(progress, "track") else progress
+    quantize_(model, config, calib=calib, progress=track)
     info = {"preset": preset, "calib_samples": calib_samples if calib else 0,
             "calib_task": calibration_task(task).meta.get("split") if calib else None,
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -31,7 +31,8 @@ def encode_images(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torc
     cfg = model.config
     tower = model.model.vision_tower
     layer_idx = cfg.vision_feature_layer
-    out = tower(pixel_values=pixel_values.to(tower.dtype), output_hidden_states=True)
+    param = next(tower.parameters())
+    out = tower(pixel_values=pixel_values.to(device=param.device, dtype=param.dtype), output_hidden_states=True)
     hidden = out.hidden_states
     feats = hidden[layer_idx]
     if cfg.vision_feature_select_strategy == "default":
@@ -49,7 +50,7 @@ def encode_images(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torc
     q = attn.q_proj(h[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
     k = attn.k_proj(h).view(b, t, heads, -1).transpose(1, 2)
     a = torch.softmax((q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5, dim=-1).mean(1)[:, 0, 1:]
-    return feats.float(), a.float()
+    return feats.float().cpu(), a.float().cpu()
 
 
 class FeatureCache:
