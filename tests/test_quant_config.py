@@ -7,7 +7,7 @@ from qapruner.quant import ActQuantConfig, QuantConfig, WeightQuantConfig
 def test_preset_fields():
     c = QuantConfig.from_preset("w4a4-rot-gptq")
     assert (c.weight.bits, c.act.bits, c.method, c.rotation) == (4, 4, "gptq", "hadamard")
-    assert c.weight.sym and c.weight.group_size is None and c.weight.clip_search
+    assert c.weight.sym and c.weight.group_size is None and not c.weight.clip_search
     assert c.act.granularity == "token" and c.act.sym
     c = QuantConfig.from_preset("W4A8-rrot-g64-ag32-kv4-noclip-aclip0.9-wasym-aasym")
     assert c.rotation == "random" and c.weight.group_size == 64 and c.kv_bits == 4
@@ -22,7 +22,7 @@ def test_static_and_group_conflict():
 
 @pytest.mark.parametrize("preset", [
     "w4a16", "w8a8", "w4a8", "w4a4", "w16a4", "w2a16", "w3a6", "w16a16", "w4a4-rot-gptq", "w4a4-rrot-gptq-g64",
-    "w8a8-smooth", "w8a8-smooth0.8-static", "w4a4-rot-ag64-kv4", "w4a16-g128-noclip-wasym", "w4a8-aclip0.9-aasym",
+    "w8a8-smooth", "w8a8-smooth0.8-static", "w4a4-rot-ag64-kv4", "w4a16-g128-clip-wasym", "w4a8-aclip0.9-aasym",
 ])
 def test_round_trip(preset):
     c = QuantConfig.from_preset(preset)
@@ -31,7 +31,7 @@ def test_round_trip(preset):
 
 
 def test_canonical_order_and_defaults():
-    assert QuantConfig.from_preset("w4a4-gptq-rot-tok-clip").preset == "w4a4-rot-gptq"
+    assert QuantConfig.from_preset("w4a4-gptq-rot-tok-noclip").preset == "w4a4-rot-gptq"
     assert QuantConfig.from_preset("fp").preset == "w16a16"
 
 

@@ -52,13 +52,16 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, wcfg: WeightQuantConf
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
 
-    # static quantization parameters, one column of (scale, zero) per input channel
+    # static quantization parameters, one column of (scale, zero) per input channel; the clip search
+    # weights each input channel by diag(H) (its mean squared activation)
+    imp = torch.diag(H).clone()
     if g:
-        s, z = weight_qparams(W.reshape(-1, g), bits, sym, wcfg.clip_search)
+        s, z = weight_qparams(W.reshape(-1, g), bits, sym, wcfg.clip_search,
+                              importance=imp.reshape(1, in_f // g, g).expand(out_f, -1, -1).reshape(-1, g))
         s = s.reshape(out_f, in_f // g).repeat_interleave(g, dim=1)
         z = z.reshape(out_f, in_f // g).repeat_interleave(g, dim=1)
     else:
-        s, z = weight_qparams(W, bits, sym, wcfg.clip_search)
+        s, z = weight_qparams(W, bits, sym, wcfg.clip_search, importance=imp[None, :])
         s, z = s.expand(out_f, in_f), z.expand(out_f, in_f)
 
     if gcfg.act_order:

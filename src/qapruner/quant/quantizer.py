@@ -94,29 +94,47 @@ def fake_quant_groups(x: torch.Tensor, bits: int, sym: bool, group_size: int | N
 
 # ----------------------------------------------------------------------------------------------- weights
 
+_CHUNK = 1 << 17
 DEFAULT_CLIP_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(26))  # 1.00, 0.98, ..., 0.50
 
 
 def weight_qparams(
-    w: torch.Tensor, bits: int, sym: bool, clip_search: bool = False, clip_grid=DEFAULT_CLIP_GRID, norm: float = 2.0
+    w: torch.Tensor, bits: int, sym: bool, clip_search: bool = False, clip_grid=DEFAULT_CLIP_GRID,
+    norm: float = 2.0, importance: torch.Tensor | None = None,
 ):
     """Per-row (scale, zero) of a 2-D ``w`` (rows = output channels or groups), shape ``(rows, 1)``.
 
     With ``clip_search`` the range of each row is shrunk by the ratio in ``clip_grid`` that minimises
-    ``sum |w - Q(w)|^norm`` for that row (grid search, as in GPTQ's ``mse`` option; ratio 1.0 is always a
-    candidate so the search never does worse than plain min/max).
+    ``sum_j importance_j · |w_j - Q(w_j)|^norm`` for that row (grid search, as in GPTQ's ``mse`` option;
+    ratio 1.0 is always a candidate so the search never does worse than plain min/max). ``importance``
+    (broadcastable to ``w``; GPTQ passes ``diag(H)``, the mean squared input of each channel) makes the
+    search activation-aware; without it every weight counts the same.
     """
+    if clip_search and w.numel() > _CHUNK:
+        # cache-sized row chunks: the grid search is memory-bound, chunking makes it ~5x faster on CPU
+        rows = max(1, _CHUNK // w.shape[1])
+        imp = None if importance is None else importance.expand_as(w)
+        parts = [
+            weight_qparams(c, bits, sym, True, clip_grid, norm, None if imp is None else imp[i:i + rows])
+            for i, c in zip(range(0, w.shape[0], rows), w.split(rows))
+        ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     xmin = w.amin(dim=1, keepdim=True)
     xmax = w.amax(dim=1, keepdim=True)
     scale, zero = qparams_from_range(xmin, xmax, bits, sym)
     if not clip_search:
         return scale, zero
-    best = (w - fake_quant(w, scale, zero, bits, sym)).abs().pow(norm).sum(dim=1, keepdim=True)
+    def error(s, z):
+        e = (w - fake_quant(w, s, z, bits, sym)).abs()
+        e = e * e if norm == 2.0 else e.pow(norm)
+        return (e if importance is None else e * importance).sum(dim=1, keepdim=True)
+
+    best = error(scale, zero)
     for ratio in clip_grid:
         if ratio >= 1.0:
             continue
         s, z = qparams_from_range(xmin * ratio, xmax * ratio, bits, sym)
-        err = (w - fake_quant(w, s, z, bits, sym)).abs().pow(norm).sum(dim=1, keepdim=True)
+        err = error(s, z)
         better = err < best
         best = torch.where(better, err, best)
         scale = torch.where(better, s, scale)
@@ -146,6 +164,7 @@ def quantize_weight_rtn(
     """Round-to-nearest fake-quant of a ``(out, in)`` weight, per output channel or per input-channel group."""
     if bits >= 16:
         return w
+    w = w.clone()  # a fresh, contiguous copy: weights loaded from a GGUF can sit in very slow storage
     out_f, in_f = w.shape
     g = check_group_size(group_size, in_f)
     w2 = w.reshape(-1, g) if g else w

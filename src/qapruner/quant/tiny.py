@@ -30,12 +30,12 @@ def tiny_llama(layers: int = 2, vocab: int = 128, seed: int = 0, dtype=torch.flo
 IMAGE_TOKEN = 3
 
 
-def tiny_llava(layers: int = 1, vocab: int = 128, seed: int = 0, dtype=torch.float32) -> LlavaForConditionalGeneration:
+def tiny_llava(layers: int = 1, vocab: int = 128, seed: int = 0, dtype=torch.float32, **kw) -> LlavaForConditionalGeneration:
     torch.manual_seed(seed)
     cfg = LlavaConfig(
         vision_config=Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                    patch_size=14, image_size=56),
-        text_config=tiny_llama_config(layers, vocab),
+        text_config=tiny_llama_config(layers, vocab, **kw),
         image_token_index=IMAGE_TOKEN, projector_hidden_act="gelu", vision_feature_layer=-1,
         vision_feature_select_strategy="default", image_seq_length=16,
     )
