@@ -127,3 +127,10 @@ def test_unsupported_model_type(tmp_path, capsys):
                                  vocab_size=50)).save_pretrained(tmp_path / "llama")
     rc = main(["eval", "--model", str(tmp_path / "llama"), "--task", "easy-vqa", "--limit", "2"])
     assert rc == 2 and "supports LLaVA-family" in capsys.readouterr().err
+
+
+def test_blank_image_task_keeps_questions_and_drops_images(tiny_jsonl):
+    task = load_task(f"jsonl:{tiny_jsonl}").blank()
+    assert task.image_count == 1 and {it.image for it in task.items} == {0} and len(task.items) == 12
+    img = task.load_image(0)
+    assert img.getextrema() == ((255, 255), (255, 255), (255, 255))

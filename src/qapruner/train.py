@@ -31,10 +31,10 @@ from .tasks import load_task
 
 @dataclass
 class TrainConfig:
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 8
     lr: float = 1e-3
-    warmup: int = 30
+    warmup: int = 25
     weight_decay: float = 0.0
     seed: int = 0
     token_keep: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
@@ -43,7 +43,7 @@ class TrainConfig:
     bf16: bool = True
     lora_rank: int = 8          # 0 = projector only
     lora_alpha: float = 16.0
-    lora_lr: float = 2e-4
+    lora_lr: float = 3e-4
     out: str = "src/qapruner/assets/testbed_projector.safetensors"
 
 

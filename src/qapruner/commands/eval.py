@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--layer-k", type=int, default=2, help="LLM layer for in-LLM (fastv) pruning (default 2)")
     p.add_argument("--mode", default="choice", choices=["choice", "generate"],
                    help="choice: next-token likelihood over candidate answers; generate: greedy decode + parse")
+    p.add_argument("--blank-image", action="store_true",
+                   help="replace every image by a blank one (measures how much answers depend on the image)")
     p.add_argument("--out", default=None, help="summary JSON (per-item predictions go to OUT.items.jsonl)")
     p.set_defaults(func=run)
 
@@ -55,8 +57,10 @@ def run(args) -> int:
 
         QuantConfig.from_preset(args.quant)  # fail on a bad preset before loading anything
     task = load_task(args.task).subset(args.limit, args.seed)
+    if args.blank_image:
+        task = task.blank()
     cfg = EvalConfig(quant=args.quant, prune=prune, mode=args.mode, batch_size=args.batch_size)
-    out = Path(args.out) if args.out else Path("runs") / f"eval-{config_hash([args.model, args.task, args.limit, args.seed, cfg.describe()])}.json"
+    out = Path(args.out) if args.out else Path("runs") / f"eval-{config_hash([args.model, args.task, args.limit, args.seed, args.blank_image, cfg.describe()])}.json"
     loaded = load_model(args.model)
     quant_info = None
     with progress_bar() as progress:
@@ -64,7 +68,7 @@ def run(args) -> int:
             loaded, quant_info = quantized_copy(loaded, args.quant, task, args.calib_samples, args.seed,
                                                   progress=progress)
         summary = Evaluator(loaded, args.quant).run(task, cfg, out.with_suffix(".items.jsonl"), progress)
-    summary.update({"seed": args.seed, "quant_info": quant_info, "environment": environment()})
+    summary.update({"image": task.meta.get("image", "task images"), "seed": args.seed, "quant_info": quant_info, "environment": environment()})
     write_json(out, summary)
     table = Table(title=f"{summary['task']} · {summary['model']}")
     for col in ("n", "accuracy", "95% CI", "quant", "prune", "visual tokens", "items/s"):

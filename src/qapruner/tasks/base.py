@@ -47,6 +47,15 @@ class Task:
         return Task(self.name, items, self.image_count, self.load_image, self.cache_key, meta)
 
 
+    def blank(self) -> "Task":
+        """The same questions about one blank (white) image: how much do the answers depend on the image?"""
+        size = self.load_image(0).size
+        items = [Item(it.uid, 0, it.question, it.prompt, it.choices, it.answer) for it in self.items]
+        meta = dict(self.meta, image="blank white image")
+        return Task(self.name, items, 1, lambda i: Image.new("RGB", size, (255, 255, 255)),
+                    cache_key=f"blank-{size[0]}x{size[1]}", meta=meta)
+
+
 def stratified_subset(items: list[Item], limit: int, seed: int) -> list[Item]:
     groups: dict[str, list[int]] = defaultdict(list)
     for i, item in enumerate(items):
