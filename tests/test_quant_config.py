@@ -8,11 +8,11 @@ def test_preset_fields():
     c = QuantConfig.from_preset("w4a4-rot-gptq")
     assert (c.weight.bits, c.act.bits, c.method, c.rotation) == (4, 4, "gptq", "hadamard")
     assert c.weight.sym and c.weight.group_size is None and not c.weight.clip_search
-    assert c.act.granularity == "token" and c.act.sym
-    c = QuantConfig.from_preset("W4A8-rrot-g64-ag32-kv4-noclip-aclip0.9-wasym-aasym")
+    assert c.act.granularity == "token" and not c.act.sym
+    c = QuantConfig.from_preset("W4A8-rrot-g64-ag32-kv4-noclip-aclip0.9-asymw-syma")
     assert c.rotation == "random" and c.weight.group_size == 64 and c.kv_bits == 4
     assert c.act.granularity == "group" and c.act.group_size == 32
-    assert not c.weight.clip_search and c.act.clip_ratio == 0.9 and not c.weight.sym and not c.act.sym
+    assert not c.weight.clip_search and c.act.clip_ratio == 0.9 and not c.weight.sym and c.act.sym
 
 
 def test_static_and_group_conflict():
@@ -22,7 +22,7 @@ def test_static_and_group_conflict():
 
 @pytest.mark.parametrize("preset", [
     "w4a16", "w8a8", "w4a8", "w4a4", "w16a4", "w2a16", "w3a6", "w16a16", "w4a4-rot-gptq", "w4a4-rrot-gptq-g64",
-    "w8a8-smooth", "w8a8-smooth0.8-static", "w4a4-rot-ag64-kv4", "w4a16-g128-clip-wasym", "w4a8-aclip0.9-aasym",
+    "w8a8-smooth", "w8a8-smooth0.8-static", "w4a4-rot-ag64-kv4", "w4a16-g128-clip-asymw", "w4a8-aclip0.9-syma", "w4a4-asymw-syma",
 ])
 def test_round_trip(preset):
     c = QuantConfig.from_preset(preset)
@@ -37,7 +37,7 @@ def test_canonical_order_and_defaults():
 
 @pytest.mark.parametrize("bad", [
     "", "w4", "a4w4", "w1a4", "w4a9", "w4a4-foo", "w4a4-rot-rrot", "w4a4-gptq-rtn", "w4a4-g0", "w4a4-ag0",
-    "w8a8-smooth-rot", "w8a8-smooth2", "w4a4-kv3x", "w4a4-kv1", "w4a4-aclip1.5", "w4a4-rot-rot",
+    "w8a8-smooth-rot", "w8a8-smooth2", "w4a4-kv3x", "w4a4-kv1", "w4a4-aclip1.5", "w4a4-rot-rot", "w4a4-syma-asyma", "w4a4-wasym",
 ])
 def test_bad_presets(bad):
     with pytest.raises(QAPrunerError):

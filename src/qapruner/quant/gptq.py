@@ -73,30 +73,35 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, wcfg: WeightQuantConf
     for attempt in range(5):
         try:
             L = torch.linalg.cholesky(H)
-            Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+            eye = torch.eye(in_f, dtype=H.dtype)
+            Linv = torch.linalg.solve_triangular(L, eye, upper=False)  # BLAS-3; cholesky_inverse is slow on CPU
+            Hinv = torch.linalg.cholesky(Linv.T @ Linv, upper=True)
             break
         except RuntimeError:
             H += damp * (10 ** attempt) * torch.eye(in_f, dtype=H.dtype)
     else:  # pragma: no cover
         raise RuntimeError("GPTQ: the Hessian is not positive definite even after extra damping")
 
-    Q = torch.zeros_like(W)
+    # the sweep runs in float32 on transposed (in x out) copies: a column of W is then a contiguous row
+    Wt = W.T.float().contiguous()
+    St, Zt = s.T.float().contiguous(), z.T.float().contiguous()
+    Hinv = Hinv.float()
+    Qt = torch.zeros_like(Wt)
     bs = max(1, gcfg.block_size)
     for i1 in range(0, in_f, bs):
         i2 = min(i1 + bs, in_f)
-        W1 = W[:, i1:i2].clone()
+        W1 = Wt[i1:i2].clone()
         Hinv1 = Hinv[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
+        Err1 = torch.empty_like(W1)
         for i in range(i2 - i1):
-            col = W1[:, i]
-            d = Hinv1[i, i]
-            q = fake_quant(col, s[:, i1 + i], z[:, i1 + i], bits, sym)
-            Q[:, i1 + i] = q
-            err = (col - q) / d
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-
+            row = W1[i]
+            q = fake_quant(row, St[i1 + i], Zt[i1 + i], bits, sym)
+            Qt[i1 + i] = q
+            err = (row - q) / Hinv1[i, i]
+            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1.0)
+            Err1[i] = err
+        Wt[i2:].addmm_(Hinv[i1:i2, i2:].T, Err1, alpha=-1.0)
+    Q = Qt.T
     if gcfg.act_order:
         Q = Q[:, torch.argsort(perm)]
     return Q.to(dtype)
