@@ -31,9 +31,10 @@ from .tasks import load_task
 
 @dataclass
 class TrainConfig:
-    steps: int = 500
+    steps: int = 300
+    checkpoint_every: int = 50  # write the asset every N steps (a usable partial result)
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     warmup: int = 25
     weight_decay: float = 0.0
     seed: int = 0
@@ -43,7 +44,7 @@ class TrainConfig:
     bf16: bool = True
     lora_rank: int = 8          # 0 = projector only
     lora_alpha: float = 16.0
-    lora_lr: float = 3e-4
+    lora_lr: float = 4e-4
     out: str = "src/qapruner/assets/testbed_projector.safetensors"
 
 
@@ -125,17 +126,25 @@ def train_projector(cfg: TrainConfig) -> dict:
             opt.step()
             log.append({"step": step, "task": name, "keep": keep, "loss": round(loss.item(), 4)})
             progress.update(bar, advance=1, loss=float(np.mean([r["loss"] for r in log[-20:]])))
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                _save(cfg, projector, lora, log, time.time() - start, partial=True)
             if not progress.console.is_terminal and (step + 1) % 25 == 0:
                 print(f"step {step + 1}/{cfg.steps} loss(avg20) {np.mean([r['loss'] for r in log[-20:]]):.4f} "
                       f"{time.time() - start:.0f}s", flush=True)
-    seconds = time.time() - start
+    return _save(cfg, projector, lora, log, time.time() - start)
+
+
+def _save(cfg: TrainConfig, projector, lora, log: list[dict], seconds: float, partial: bool = False) -> dict:
+    """Write the asset (projector + LoRA), its recipe/summary JSON and the loss log; atomic replace."""
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = {f"projector.{k}": v.detach().contiguous() for k, v in projector.state_dict().items()}
+    state = {f"projector.{k}": v.detach().clone().contiguous() for k, v in projector.state_dict().items()}
     state.update(lora_state(lora))
-    save_file(state, str(out))
-    summary = {"config": asdict(cfg), "seconds": round(seconds, 1), "final_loss_avg20": log[-1] and
-               float(np.mean([r["loss"] for r in log[-20:]])), "torch": torch.__version__}
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(out)
+    summary = {"config": asdict(cfg), "steps_done": len(log), "partial": partial, "seconds": round(seconds, 1),
+               "final_loss_avg20": float(np.mean([r["loss"] for r in log[-20:]])), "torch": torch.__version__}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     out.with_suffix(".log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
     return summary
