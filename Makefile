@@ -24,7 +24,7 @@ $(FASHION):
 
 # The main job on the built-in testbed: the paper's experiment on a fixed subset (< 15 min on 2 cores).
 demo: setup
-	$(BIN)/qapruner compare --out runs/demo
+	$(BIN)/qapruner compare --config configs/demo.toml --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -11,7 +11,18 @@ import torch
 
 from ..errors import QAPrunerError
 
-DEFAULT_CALIB_TEXT = "/usr/share/common-licenses/Apache-2.0"
+# Default calibration text for the perplexity protocol: license texts of Debian's base-files that are *not*
+# the evaluation text (GPL-3) nor derived from it (GPL-2/LGPL share its wording), concatenated.
+DEFAULT_CALIB_FILES = tuple(f"/usr/share/common-licenses/{n}" for n in
+                            ("Apache-2.0", "MPL-2.0", "GFDL-1.3", "Artistic", "CC0-1.0", "MPL-1.1"))
+DEFAULT_CALIB_TEXT = DEFAULT_CALIB_FILES[0]
+
+
+def default_calibration_text() -> str:
+    from pathlib import Path
+
+    return "\n\n".join(Path(p).read_text(encoding="utf-8", errors="replace") for p in DEFAULT_CALIB_FILES
+                       if Path(p).is_file())
 
 
 def text_calibration(tokenizer, text: str, tokens: int = 2048, seq_len: int = 512) -> list[dict]:
