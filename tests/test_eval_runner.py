@@ -134,3 +134,16 @@ def test_blank_image_task_keeps_questions_and_drops_images(tiny_jsonl):
     assert task.image_count == 1 and {it.image for it in task.items} == {0} and len(task.items) == 12
     img = task.load_image(0)
     assert img.getextrema() == ((255, 255), (255, 255), (255, 255))
+
+
+def test_fastv_with_matched_sensitivity_uses_layer_k_quantizer(tiny_llava_dir, tiny_jsonl, tmp_path, capsys):
+    out = tmp_path / "f.json"
+    args = ["eval", "--model", str(tiny_llava_dir), "--task", f"jsonl:{tiny_jsonl}", "--prune", "fastv", "--keep",
+            "0.25", "--qa", "--sensitivity", "matched", "--layer-k", "1", "--out", str(out)]
+    assert main(args + ["--quant", "w4a4"]) == 0
+    s = json.loads(out.read_text())
+    assert s["visual_tokens"] == {"before": 16, "kept": 4} and s["prune"]["sensitivity"] == "matched"
+    # an FP model has no quantizer to match: one sentence, exit 2
+    assert main(args[:-1] + [str(tmp_path / "g.json")]) == 2
+    assert "no activation quantizer to match" in capsys.readouterr().err
+

@@ -1,6 +1,8 @@
 """Training the testbed's projector on easy-VQA + Fashion-MNIST training splits (vision tower and LLM frozen).
 
-Recipe (see docs/testbed.md): cached DINOv2 features; loss = cross-entropy on the answer tokens only;
+Recipe (see docs/testbed.md): cached DINOv2 features; stage 1 (``align.py``) aligns the projector to the
+LLM's word embeddings without the LLM; stage 2 (here) trains with the LLM in the loop:
+loss = cross-entropy on the answer tokens only;
 AdamW with warmup + cosine decay; bf16 autocast on the CPU for speed (evaluation stays fp32);
 optional LoRA (rank 8) on every LLM linear, merged into the weights at load time;
 training-time visual-token dropout: each batch keeps a random subset of the 256 visual tokens with a ratio
@@ -22,6 +24,8 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import save_file
 
+from .align import AlignConfig, align_projector, easy_vqa_labels, fashion_labels, word_vectors, EASY_COLORS, EASY_SHAPES
+from .tasks.fashion_mnist import CLASSES
 from .models.adapter import image_token_id, project, splice_visual, tokenize_with_visual, user_turn
 from .models.features import FeatureCache
 from .models.lora import add_lora, lora_state
@@ -31,10 +35,10 @@ from .tasks import load_task
 
 @dataclass
 class TrainConfig:
-    steps: int = 300
+    steps: int = 200
     checkpoint_every: int = 50  # write the asset every N steps (a usable partial result)
     batch_size: int = 8
-    lr: float = 1.5e-3
+    lr: float = 5e-4
     warmup: int = 25
     weight_decay: float = 0.0
     seed: int = 0
@@ -44,7 +48,8 @@ class TrainConfig:
     bf16: bool = True
     lora_rank: int = 8          # 0 = projector only
     lora_alpha: float = 16.0
-    lora_lr: float = 4e-4
+    lora_lr: float = 5e-4
+    align: AlignConfig = field(default_factory=AlignConfig)  # stage 1; steps=0 skips it
     out: str = "src/qapruner/assets/testbed_projector.safetensors"
 
 
@@ -75,6 +80,8 @@ def train_projector(cfg: TrainConfig) -> dict:
         cache.ensure(sorted({it.image for it in items}))
         pools[name] = (items, cache)
     names = list(pools)
+    if cfg.align.steps:
+        _stage1(model, tokenizer, projector, pools, cfg.align)
     weights = [cfg.task_weights[n] for n in names]
     n_tokens = model.config.image_seq_length
 
@@ -132,6 +139,20 @@ def train_projector(cfg: TrainConfig) -> dict:
                 print(f"step {step + 1}/{cfg.steps} loss(avg20) {np.mean([r['loss'] for r in log[-20:]]):.4f} "
                       f"{time.time() - start:.0f}s", flush=True)
     return _save(cfg, projector, lora, log, time.time() - start)
+
+
+def _stage1(model, tokenizer, projector, pools, cfg: AlignConfig) -> None:
+    """Align the projector to word embeddings of each image's content words (see align.py)."""
+    label_fns = {"easy-vqa": easy_vqa_labels, "fashion-mnist": fashion_labels}
+    align_pools = []
+    for name, (items, cache) in pools.items():
+        labels = label_fns[name](items)
+        align_pools.append((cache, {im: lab for im, lab in labels.items() if lab}))
+    groups = {"color": (EASY_COLORS, word_vectors(model, tokenizer, EASY_COLORS)),
+              "shape": (EASY_SHAPES, word_vectors(model, tokenizer, EASY_SHAPES)),
+              "class": (CLASSES, word_vectors(model, tokenizer, CLASSES))}
+    word_norm = model.model.language_model.get_input_embeddings().weight.detach().norm(dim=1).mean().item()
+    align_projector(projector, align_pools, groups, word_norm, cfg, log=lambda m: print(m, flush=True))
 
 
 def _save(cfg: TrainConfig, projector, lora, log: list[dict], seconds: float, partial: bool = False) -> dict:

@@ -13,6 +13,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--align-steps", type=int, default=None,
+                   help="stage-1 alignment steps without the LLM (default: the recipe's; 0 skips stage 1)")
     p.add_argument("--out", default=None, help="where to write the projector safetensors")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 (slower)")
     p.set_defaults(func=run)
@@ -26,6 +28,10 @@ def run(args) -> int:
         value = getattr(args, field)
         if value is not None:
             setattr(cfg, field, value)
+    if args.align_steps is not None:
+        if args.align_steps < 0:
+            raise QAPrunerError("--align-steps must be >= 0.")
+        cfg.align.steps = args.align_steps
     if cfg.steps <= 0 or cfg.batch_size <= 0:
         raise QAPrunerError("--steps and --batch-size must be positive.")
     cfg.bf16 = not args.no_bf16

@@ -75,7 +75,7 @@ class Evaluator:
         return self._caches[task.cache_key]
 
     # -- one batch ---------------------------------------------------------------------------------
-    def _context(self, pruner: Pruner, visual, cls, batch) -> PruneContext:
+    def _context(self, pruner: Pruner, visual, cls, batch, layer: int = 0) -> PruneContext:
         needs = pruner.needs
         ctx = PruneContext(visual=visual, grid=self.loaded.grid)
         if "cls_attn" in needs:
@@ -89,11 +89,15 @@ class Evaluator:
         if "matched_error" in needs:
             from ..quant import quantization_error_at_first_layer
 
-            err = quantization_error_at_first_layer(self.model, visual)
-            if err is None:
-                raise QAPrunerError("--sensitivity matched needs a quantized model (--quant); the FP model has no "
-                                    "quantizer to match.")
-            ctx.matched_error = err
+            def matched(states):
+                err = quantization_error_at_first_layer(self.model, states, layer=layer)
+                if err is None:
+                    raise QAPrunerError("--sensitivity matched needs a quantized model (--quant) that quantizes "
+                                        "activations; this model has no activation quantizer to match.")
+                return err
+
+            # before the LLM: the projector outputs; inside it (FastV): the states entering layer K
+            ctx.matched_error = matched(visual) if layer == 0 else matched
         return ctx
 
     @torch.no_grad()
@@ -122,8 +126,8 @@ class Evaluator:
                 raise QAPrunerError("In-LLM (FastV) pruning supports --mode choice only.")
             from ..prune.inllm import forward_with_inllm_pruning
 
-            ctx = self._context(pruner, visual, cls, batch)
-            extra = {f: getattr(ctx, f) for f in ("grid", "cls_attn", "text_embeds", "text_mask") if
+            ctx = self._context(pruner, visual, cls, batch, layer=cfg.prune.layer_k)
+            extra = {f: getattr(ctx, f) for f in ("grid", "cls_attn", "text_embeds", "text_mask", "matched_error") if
                      getattr(ctx, f) is not None}
             logits, keep = forward_with_inllm_pruning(model, embeds, mask, visual_positions(model, ids), pruner,
                                                       ctx_extra=extra, position_ids=pos)

@@ -30,11 +30,15 @@ def default_device() -> torch.device:
 
 def load_model(spec: str = "testbed", device: torch.device | None = None) -> LoadedModel:
     device = device or default_device()
-    if spec == "testbed":
-        from .testbed import load_testbed, testbed_model_key
+    if spec == "testbed" or spec.startswith("testbed:"):
+        # "testbed:PATH" = the testbed with another projector/LoRA asset (e.g. a training checkpoint)
+        from .testbed import PROJECTOR_ASSET, load_testbed, testbed_model_key
 
-        model, processor = load_testbed()
-        return LoadedModel(model.to(device), processor, testbed_model_key(), "testbed", _grid(model))
+        asset = Path(spec[len("testbed:"):]) if spec.startswith("testbed:") else PROJECTOR_ASSET
+        if not asset.is_file():
+            raise QAPrunerError(f"Projector asset {asset} does not exist.")
+        model, processor = load_testbed(projector=asset)
+        return LoadedModel(model.to(device), processor, testbed_model_key(), spec, _grid(model))
     return _load_llava(spec, device)
 
 

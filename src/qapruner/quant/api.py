@@ -197,8 +197,9 @@ def quantize_(model: nn.Module, config: QuantConfig | str, calib: list[dict] | N
     return model
 
 
-def quantization_error_at_first_layer(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """Per-token activation-quantization error ``‖t(h) − Q_act(t(h))‖₂`` at the first layer's q_proj.
+def quantization_error_at_first_layer(model: nn.Module, x: torch.Tensor, layer: int = 0) -> torch.Tensor | None:
+    """Per-token activation-quantization error ``‖t(h) − Q_act(t(h))‖₂`` at the first layer's q_proj
+    (or at layer ``layer``'s, for pruning inside the LLM, where ``x`` is the residual stream entering it).
 
     ``x`` (B, N, D): residual-stream vectors as the language model receives them (for LLaVA: the projector
     outputs of *this* model, i.e. already rotated if the engine rotated it). ``h = layer0.input_layernorm(x)``
@@ -207,7 +208,7 @@ def quantization_error_at_first_layer(model: nn.Module, x: torch.Tensor) -> torc
     q_proj quantizes no activations (FP or weight-only model): nothing to be sensitive to.
     """
     parts = lm_parts(model)
-    layer0 = parts.layers[0]
+    layer0 = parts.layers[layer]
     q = layer0.self_attn.q_proj
     if not isinstance(q, QuantLinear) or not q.act_quant.cfg.enabled:
         return None
