@@ -1,0 +1,48 @@
+"""Stage-1 projector alignment: labels read off easy-VQA questions, and alignment on separable features."""
+
+import torch
+
+from qapruner.align import AlignConfig, align_projector, easy_vqa_labels, fashion_labels
+from qapruner.tasks.base import Item
+
+
+def _item(image, q, a):
+    return Item(uid=f"u{image}{q}", image=image, question=q, prompt=q, choices=(), answer=a)
+
+
+def test_easy_vqa_labels_use_open_questions_only():
+    items = [_item(0, "what is the blue shape?", "rectangle"),
+             _item(0, "is there not a circle?", "yes"),          # negation: must not label a circle
+             _item(0, "is no yellow shape present?", "yes"),
+             _item(1, "what color is the triangle?", "teal"),
+             _item(2, "is there a red shape?", "yes")]           # yes/no only: no label
+    assert easy_vqa_labels(items) == {0: {"color": "blue", "shape": "rectangle"},
+                                      1: {"color": "teal", "shape": "triangle"}}
+
+
+def test_fashion_labels_map_letters_to_class_names():
+    assert fashion_labels([_item(7, "q", "J"), _item(8, "q", "A")]) == {7: {"class": "Ankle boot"},
+                                                                        8: {"class": "T-shirt/top"}}
+
+
+class _Cache:
+    def __init__(self, feats):
+        self.feats = feats
+
+    def get(self, images):
+        return self.feats[images], None
+
+
+def test_alignment_learns_separable_classes_at_word_norm():
+    g = torch.Generator().manual_seed(0)
+    words = torch.randn(3, 16, generator=g) * 2.0
+    centers = torch.randn(3, 8, generator=g)
+    labels = {i: {"class": ("a", "b", "c")[i % 3]} for i in range(60)}
+    feats = torch.stack([centers[i % 3] + 0.3 * torch.randn(10, 8, generator=g) for i in range(60)])
+    proj = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 16))
+    norm = words.norm(dim=1).mean().item()
+    hist = align_projector(proj, [(_Cache(feats), labels)], {"class": (("a", "b", "c"), words)}, norm,
+                           AlignConfig(steps=150, batch_size=30, tokens_per_image=10, lr=1e-2), log=lambda m: None)
+    assert hist[0]["acc"] < 0.8 and sum(h["acc"] for h in hist[-10:]) / 10 == 1.0
+    out = proj(feats)
+    assert abs(out.norm(dim=-1).mean().item() / norm - 1) < 0.1
