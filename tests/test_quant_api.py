@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -183,3 +185,18 @@ def test_error_at_first_layer_llava_rotated():
     x = torch.randn(1, 16, 576)  # what the LM receives (already in the rotated basis)
     e = quantization_error_at_first_layer(model, x)
     assert e.shape == (1, 16) and bool((e > 0).all())
+
+
+@pytest.mark.parametrize("preset", ["w16a8-rot-static", "w4a16-rot-gptq"])
+def test_calibration_embeds_built_before_rotation_give_the_same_model(preset):
+    """Calibration given as FP ``inputs_embeds`` (as the evaluation runner builds them) must be mapped into the
+    rotated basis: the result equals calibrating on ``input_ids`` that go through the rotated model itself."""
+    base = small_llama(layers=1)
+    ids = calib_ids(2)
+    with torch.no_grad():
+        embeds = [{"inputs_embeds": base.get_input_embeddings()(kw["input_ids"])} for kw in ids]
+    a = quantize_(copy.deepcopy(base), preset, calib=ids)
+    b = quantize_(copy.deepcopy(base), preset, calib=embeds)
+    x = calib_ids(1, seed=7)[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(a(input_ids=x).logits, b(input_ids=x).logits, rtol=1e-4, atol=1e-4)

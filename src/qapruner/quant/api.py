@@ -145,7 +145,10 @@ def quantize_(model: nn.Module, config: QuantConfig | str, calib: list[dict] | N
     with torch.no_grad():
         if config.smooth is not None:
             smooth_model(parts, calib, config.smooth)
-        online = rotate_model(parts, config.rotation, config.seed, config.online_hadamard) if config.rotation else {}
+        online = {}
+        if config.rotation:
+            online, q = rotate_model(parts, config.rotation, config.seed, config.online_hadamard)
+            calib = _rotate_calibration_embeds(calib, q)
 
         targets = select_targets(model, parts, config)
         target_set = set(targets)
@@ -195,6 +198,21 @@ def quantize_(model: nn.Module, config: QuantConfig | str, calib: list[dict] | N
     model._qapruner_quant_seconds = time.perf_counter() - t0
     model.train(was_training)
     return model
+
+
+def _rotate_calibration_embeds(calib: list[dict] | None, q: torch.Tensor) -> list[dict] | None:
+    """Calibration inputs given as ``inputs_embeds`` were built by the unrotated model: map them into the
+    rotated residual basis (x -> x @ Q). ``input_ids`` / ``pixel_values`` go through the rotated model itself."""
+    if not calib:
+        return calib
+    out = []
+    for kw in calib:
+        kw = dict(kw)
+        if kw.get("inputs_embeds") is not None:
+            e = kw["inputs_embeds"]
+            kw["inputs_embeds"] = (e.double() @ q.to(e.device)).to(e.dtype)
+        out.append(kw)
+    return out
 
 
 def quantization_error_at_first_layer(model: nn.Module, x: torch.Tensor, layer: int = 0) -> torch.Tensor | None:

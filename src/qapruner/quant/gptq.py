@@ -29,6 +29,7 @@ class HessianAccumulator:
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).double()
+        self.h = self.h.to(x.device)
         m = x.shape[0]
         self.h *= self.n / (self.n + m)
         self.n += m
@@ -43,7 +44,7 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, wcfg: WeightQuantConf
         return w
     dtype = w.dtype
     W = w.detach().double().clone()
-    H = h.detach().double().clone()
+    H = h.detach().double().clone().to(w.device)
     out_f, in_f = W.shape
     bits, sym = wcfg.bits, wcfg.sym
     g = check_group_size(wcfg.group_size, in_f)
@@ -68,17 +69,17 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, wcfg: WeightQuantConf
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H, s, z = W[:, perm], H[perm][:, perm], s[:, perm], z[:, perm]
     damp = gcfg.damp * torch.mean(torch.diag(H))
-    H += damp * torch.eye(in_f, dtype=H.dtype)
+    H += damp * torch.eye(in_f, dtype=H.dtype, device=H.device)
     # upper Cholesky factor of H^-1; retry with more damping if H is numerically indefinite
     for attempt in range(5):
         try:
             L = torch.linalg.cholesky(H)
-            eye = torch.eye(in_f, dtype=H.dtype)
+            eye = torch.eye(in_f, dtype=H.dtype, device=H.device)
             Linv = torch.linalg.solve_triangular(L, eye, upper=False)  # BLAS-3; cholesky_inverse is slow on CPU
             Hinv = torch.linalg.cholesky(Linv.T @ Linv, upper=True)
             break
         except RuntimeError:
-            H += damp * (10 ** attempt) * torch.eye(in_f, dtype=H.dtype)
+            H += damp * (10 ** attempt) * torch.eye(in_f, dtype=H.dtype, device=H.device)
     else:  # pragma: no cover
         raise RuntimeError("GPTQ: the Hessian is not positive definite even after extra damping")
 

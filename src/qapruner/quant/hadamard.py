@@ -166,7 +166,7 @@ class OnlineHadamard(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(*shape[:-1], self.p, self.m)
-        a, b = self.a.to(x.dtype), self.b.to(x.dtype)
+        a, b = self.a.to(x.device, x.dtype), self.b.to(x.device, x.dtype)
         # (x @ (A ⊗ B))[i, j] = sum_{i', j'} x[i', j'] A[i', i] B[j', j]  ->  Aᵀ X B
         x = torch.matmul(x, b)
         x = torch.matmul(a.transpose(0, 1), x)

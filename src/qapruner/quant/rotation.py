@@ -49,10 +49,11 @@ def fuse_norms(parts: LMParts) -> None:
 
 
 def _rotate_input(lin: nn.Module, q: torch.Tensor) -> None:
-    _set(lin.weight, lin.weight.data.double() @ q)
+    _set(lin.weight, lin.weight.data.double() @ q.to(lin.weight.device))
 
 
 def _rotate_output(lin: nn.Module, q: torch.Tensor) -> None:
+    q = q.to(lin.weight.device)
     _set(lin.weight, q.T @ lin.weight.data.double())
     if getattr(lin, "bias", None) is not None:
         _set(lin.bias, lin.bias.data.double() @ q)
@@ -69,14 +70,17 @@ def residual_rotation_matrix(dim: int, kind: str, seed: int = 0) -> torch.Tensor
 
 
 @torch.no_grad()
-def rotate_model(parts: LMParts, kind: str, seed: int = 0, online_hadamard: bool = True) -> dict[str, OnlineHadamard]:
-    """Rotate the language model's residual stream in place. Returns the online transforms to install:
-    ``{"o_proj": OnlineHadamard, "down_proj": OnlineHadamard}`` (already folded into those weights)."""
+def rotate_model(parts: LMParts, kind: str, seed: int = 0,
+                 online_hadamard: bool = True) -> tuple[dict[str, OnlineHadamard], torch.Tensor]:
+    """Rotate the language model's residual stream in place. Returns the online transforms to install,
+    ``{"o_proj": OnlineHadamard, "down_proj": OnlineHadamard}`` (already folded into those weights), and the
+    residual rotation Q (float64): residual-stream vectors of the FP model map to ``x @ Q`` in the rotated one
+    (e.g. calibration ``inputs_embeds`` built before rotating)."""
     for mod in parts.lm.modules():
         if type(mod).__name__.endswith("RMSNorm") is False and "norm" in type(mod).__name__.lower():
             raise QAPrunerError(f"Rotation needs RMSNorm layers; found {type(mod).__name__}.")
     dim = parts.embed.weight.shape[1]
-    q = residual_rotation_matrix(dim, kind, seed)
+    q = residual_rotation_matrix(dim, kind, seed).to(parts.embed.weight.device)
     untie_embeddings(parts)
     fuse_norms(parts)
     _set(parts.embed.weight, parts.embed.weight.data.double() @ q)
@@ -104,5 +108,5 @@ def rotate_model(parts: LMParts, kind: str, seed: int = 0, online_hadamard: bool
             h = had.matrix(torch.float64)
             for layer in parts.layers:
                 _rotate_input(lin_of(layer), h)
-            online[name] = had
-    return online
+            online[name] = had.to(lin_of(layer0).weight.device)
+    return online, q
