@@ -35,7 +35,7 @@ from .tasks import load_task
 
 @dataclass
 class TrainConfig:
-    steps: int = 200
+    steps: int = 400
     checkpoint_every: int = 50  # write the asset every N steps (a usable partial result)
     batch_size: int = 8
     lr: float = 5e-4
@@ -44,7 +44,7 @@ class TrainConfig:
     seed: int = 0
     token_keep: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
     tasks: dict[str, int] = field(default_factory=lambda: {"easy-vqa": 2700, "fashion-mnist": 1500})  # images per task
-    task_weights: dict[str, float] = field(default_factory=lambda: {"easy-vqa": 0.6, "fashion-mnist": 0.4})
+    task_weights: dict[str, float] = field(default_factory=lambda: {"easy-vqa": 0.5, "fashion-mnist": 0.5})
     bf16: bool = True
     lora_rank: int = 8          # 0 = projector only
     lora_alpha: float = 16.0

@@ -20,8 +20,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--text", default=DEFAULT_TEXT, help=f"evaluation text file (default {DEFAULT_TEXT})")
     p.add_argument("--tokens", type=int, default=1024, help="evaluate the first N tokens (default 1024)")
     p.add_argument("--calib-text", default=None,
-                   help="calibration text for GPTQ / static scales / SmoothQuant (default: Apache-2.0 license text)")
-    p.add_argument("--calib-tokens", type=int, default=2048, help="calibration tokens (default 2048)")
+                   help="calibration text for GPTQ / static scales / SmoothQuant (default: six Debian license texts "
+                        "other than the GPL family, concatenated)")
+    p.add_argument("--calib-tokens", type=int, default=8192, help="calibration tokens (default 8192)")
     p.add_argument("--calib-seq", type=int, default=512, help="calibration sequence length (default 512)")
     p.add_argument("--out", default=None, help="write the result as JSON to this file")
     p.set_defaults(func=run)
@@ -43,7 +44,7 @@ def run(args) -> int:
 
     from ..models.smollm import load_smollm2
     from ..quant import QuantConfig, quantize_
-    from ..quant.calibration import DEFAULT_CALIB_TEXT, text_calibration
+    from ..quant.calibration import DEFAULT_CALIB_FILES, default_calibration_text, text_calibration
     from ..quant.perplexity import perplexity
 
     console = Console(stderr=True)
@@ -51,11 +52,11 @@ def run(args) -> int:
     text = _read(args.text, "evaluation text")
     if args.tokens < 2:
         raise QAPrunerError(f"--tokens must be at least 2, not {args.tokens}.")
-    calib_path = args.calib_text or DEFAULT_CALIB_TEXT
+    calib_path = args.calib_text or "+".join(DEFAULT_CALIB_FILES)
     if config.needs_calibration:
         if args.calib_tokens < 2 or args.calib_seq < 2:
             raise QAPrunerError("--calib-tokens and --calib-seq must be at least 2.")
-        calib_text = _read(calib_path, "calibration text")
+        calib_text = _read(calib_path, "calibration text") if args.calib_text else default_calibration_text()
         if Path(calib_path).resolve() == Path(args.text).resolve():
             console.print("[yellow]warning: calibrating on the evaluation text; the perplexity is optimistic[/]")
 

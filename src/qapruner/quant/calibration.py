@@ -15,7 +15,6 @@ from ..errors import QAPrunerError
 # the evaluation text (GPL-3) nor derived from it (GPL-2/LGPL share its wording), concatenated.
 DEFAULT_CALIB_FILES = tuple(f"/usr/share/common-licenses/{n}" for n in
                             ("Apache-2.0", "MPL-2.0", "GFDL-1.3", "Artistic", "CC0-1.0", "MPL-1.1"))
-DEFAULT_CALIB_TEXT = DEFAULT_CALIB_FILES[0]
 
 
 def default_calibration_text() -> str:
