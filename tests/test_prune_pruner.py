@@ -100,6 +100,25 @@ def test_outlier_uniform():
     assert who in Pruner(PruneConfig("uniform", keep=0.25, qa=True, alpha=0.5)).select(ctx)[0].tolist()
 
 
+def test_uniform_qa_is_the_host_above_its_alpha_threshold():
+    """docs/pruning.md: on a 16x16 grid at k = 32 the best non-anchor has S^P = s = 0.553, so even a token
+    with S^Q = 1 against anchors at S^Q = 0 overtakes an anchor only when alpha < 1 / (2 - s) ~ 0.691."""
+    from qapruner.prune.hosts.uniform import uniform_score
+
+    s = sorted(set(uniform_score(16, 16, 32).tolist()), reverse=True)[1]
+    threshold = 1.0 / (2.0 - s)
+    assert s == pytest.approx(0.553, abs=1e-3)
+    torch.manual_seed(0)
+    v = torch.randn(1, 256, 64) * 0.01
+    host = Pruner(PruneConfig("uniform", keep=0.125)).select(PruneContext(visual=v, grid=(16, 16)))[0].tolist()
+    v[0, [i for i in range(256) if i not in host], 3] = 300.0  # every non-anchor is an extreme outlier
+    ctx = PruneContext(visual=v, grid=(16, 16))
+    above = Pruner(PruneConfig("uniform", keep=0.125, qa=True, alpha=threshold + 0.01)).select(ctx)[0].tolist()
+    below = Pruner(PruneConfig("uniform", keep=0.125, qa=True, alpha=threshold - 0.01)).select(ctx)[0].tolist()
+    assert above == host
+    assert below != host
+
+
 def test_outlier_cdpruner():
     torch.manual_seed(0)
     n, d = 32, 64
