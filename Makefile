@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test experiment experiment-subset train clean-cache
+.PHONY: setup demo test experiment experiment-subset experiment-n600 train clean-cache
 
 setup: $(STAMP) $(FASHION)
 
@@ -36,6 +36,10 @@ experiment: setup
 # The committed report in docs/experiment/ (200 items per task, keep 12.5 %, every host).
 experiment-subset: setup
 	$(BIN)/qapruner compare --config configs/experiment_subset.toml
+
+# The larger committed subset in docs/experiment-n600/ (600 items per task, keep 12.5 %, W4A4 rows only).
+experiment-n600: setup
+	$(BIN)/qapruner compare --config configs/experiment_n600.toml
 
 # Reproduce the committed projector (src/qapruner/assets/testbed_projector.safetensors).
 train: setup
