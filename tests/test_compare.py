@@ -214,8 +214,10 @@ def test_rerun_after_interruption_skips_finished(tmp_path):
         run_compare(cfg, first, log=lambda *a: None, env=ENV)
     assert len(first.evaluated) == 5
     second = FakeBackend()
-    run_compare(cfg, second, log=lambda *a: None, env=ENV)
+    res = run_compare(cfg, second, log=lambda *a: None, env=ENV)
     assert len(second.evaluated) == 14 - 5
+    assert (res["wall"]["configs_computed"], res["wall"]["configs_reused"]) == (9, 5) and res["wall"]["seconds"] >= 0
+    assert "9 configurations computed, 5 reused" in (Path(cfg.out) / "report.md").read_text()
     assert not set(first.evaluated) & set(second.evaluated)
     third = FakeBackend()
     res = run_compare(cfg, third, log=lambda *a: None, env=ENV)

@@ -220,7 +220,7 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
         progress.remove_task(bar)
 
     configs = [{"id": ids[r], "row": r.to_dict(), "summary": summaries[r]} for r in rows]
-    return {"tasks": tasks, "rows": rows, "configs": configs,
+    return {"tasks": tasks, "rows": rows, "configs": configs, "computed": len(todo),
             "gallery": (plan, gallery_file) if plan is not None else None}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 
 from ..commands.common import write_json
@@ -22,10 +23,14 @@ def run_compare(cfg: CompareConfig, backend: Backend | None = None, argv: list[s
     out_dir = Path(cfg.out)
     backend = backend or Backend()
     argv = list(argv or [])
+    start = time.perf_counter()
     grid = run_grid(cfg, backend, out_dir, progress, log)
     corr, kept = correctness(grid["configs"], grid["tasks"], out_dir / "items")
     results = build_results(cfg, grid, corr, env if env is not None else environment_info(), argv,
                             shlex.join(["qapruner", *argv]))
+    # Wall time of this invocation only: a resumed run reuses finished configurations (counted apart).
+    results["wall"] = {"seconds": round(time.perf_counter() - start, 1), "configs_computed": grid["computed"],
+                       "configs_reused": len(grid["configs"]) - grid["computed"]}
     results["outputs"] = write_outputs(results, out_dir, kept)
     write_json(out_dir / "results.json", results)
     return results

@@ -172,6 +172,11 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
          f"Command: `{results['command']}`", "",
          f"Environment: python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
          f"{env.get('device')}, {env.get('cpu_threads')} threads. Created {results['created']}.", ""]
+    wall = results.get("wall")
+    if wall:
+        L += [f"Wall time of this invocation (grid and statistics, before plots): {wall['seconds'] / 60:.1f} min; "
+              f"{wall['configs_computed']} configurations computed, {wall['configs_reused']} reused from earlier runs.",
+              ""]
     if cfg.get("notes"):
         L += [cfg["notes"].strip(), ""]
     tokens = next((c["visual_tokens"] for c in results["configs"] if c["keep"] == k and c.get("visual_tokens")), None)
