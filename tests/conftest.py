@@ -10,7 +10,7 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
-    from qapruner.models.tiny import build_tiny_llava
+    from tiny_checkpoint import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
 

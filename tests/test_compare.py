@@ -65,13 +65,17 @@ class FakeBackend(Backend):
         self.quantized.append((preset, task.name))
         return FakeModel(preset), {"preset": preset}
 
-    def evaluate(self, loaded, quant, task, ecfg, items_path, progress, label):
+    def check_model(self, adapter, cfg):
+        pass
+
+    def evaluate(self, loaded, task, ecfg, items_path, progress, label):
         if self.fail_after is not None and len(self.evaluated) >= self.fail_after:
             raise KeyboardInterrupt
+        quant = ecfg.preset
         assert loaded.quant == quant  # each row runs on the model of its own preset
         p = ecfg.prune
         kind = "dense" if p is None else ("qa" if p.qa else "host")
-        store = ItemStore(items_path, {"task": task.name, **ecfg.describe()})
+        store = ItemStore(items_path, ecfg.key())
         rows = []
         k = N_TOKENS if p is None else num_keep(p.keep, N_TOKENS)
         for it in task.items:
@@ -128,7 +132,7 @@ def test_grid_rows(tmp_path):
     assert r.config_id(cfg) != r.config_id(cfg_for(tmp_path, seed=1))
     assert r.config_id(cfg) != r.config_id(cfg_for(tmp_path, alpha="dynamic"))
     assert r.config_id(cfg) == r.config_id(cfg_for(tmp_path, batch_size=3))
-    assert r.prune_config(cfg).qa and r.eval_config(cfg).quant == "w4a4"
+    assert r.prune_config(cfg).qa and r.eval_config(cfg).preset == "w4a4"
 
 
 def test_config_defaults_file_and_overrides(tmp_path):

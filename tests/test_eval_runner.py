@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from qapruner.cli import main
-from qapruner.eval.runner import EvalConfig, Evaluator
-from qapruner.models.adapter import pad_left, project, splice_visual, tokenize_with_visual, user_turn
+from qapruner.eval.config import EvalConfig
+from qapruner.eval.runner import Evaluator
+from qapruner.models.llava import LlavaAdapter
 from qapruner.models.registry import load_model
 from qapruner.prune import PruneConfig
 from qapruner.tasks import load_task
@@ -25,20 +26,19 @@ def _preds(path):
 
 def test_spliced_input_equals_hf_llava_forward(loaded, tiny_jsonl):
     """Our path (cached features → projector → splice) gives the logits of LlavaForConditionalGeneration itself."""
-    from qapruner.models.features import encode_images
-
     task = load_task(f"jsonl:{tiny_jsonl}")
     model, proc = loaded.model, loaded.processor
-    text = user_turn(proc, task.items[0].prompt)
+    text = loaded.user_turn(task.items[0].prompt)
     enc = proc(images=[task.load_image(0)], text=[text], return_tensors="pt")
     with torch.no_grad():
         ref = model(**enc).logits[0, -1]
-        feats, _ = encode_images(model, enc["pixel_values"])
-        ids = torch.tensor([tokenize_with_visual(loaded.tokenizer, text, model.config.image_token_index, 16)])
-        assert torch.equal(ids, enc["input_ids"])
-        embeds = splice_visual(model, ids, project(model, feats))
-        ours = model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state[0, -1])
+        feats, _ = loaded.encode(enc["pixel_values"])
+        inputs = loaded.assemble([task.items[0].prompt], loaded.project(feats))
+        assert loaded.token_row(task.items[0].prompt, 16) == enc["input_ids"][0].tolist()
+        ours = loaded.last_logits(inputs)[0]
+        out = loaded.forward(feats, torch.zeros(1, 16), [task.items[0].prompt], [task.items[0].question])
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.logits[0], ours) and out.keep is None and out.n_visual == 16
 
 
 @pytest.mark.parametrize("prune", [None, PruneConfig("cdpruner", 0.25, qa=True), PruneConfig("fastv", 0.5, layer_k=1)])
@@ -64,13 +64,13 @@ def test_rerun_resumes_without_recomputing(loaded, tiny_jsonl, tmp_path, monkeyp
     lines = items.read_text().splitlines()
     items.write_text("\n".join(lines[:6]) + "\n" + lines[6][:10])  # interrupted mid-write after 5 items
     calls = []
-    original = Evaluator.forward_batch
+    original = LlavaAdapter.forward
 
-    def counting(self, batch, *a, **k):
-        calls.append(len(batch))
-        return original(self, batch, *a, **k)
+    def counting(self, feats, *a, **k):
+        calls.append(len(feats))
+        return original(self, feats, *a, **k)
 
-    monkeypatch.setattr(Evaluator, "forward_batch", counting)
+    monkeypatch.setattr(LlavaAdapter, "forward", counting)
     again = Evaluator(loaded).run(task, EvalConfig(batch_size=4), items)
     assert sum(calls) == 12 - 5 and again["accuracy"] == first["accuracy"]
     assert len(items.read_text().splitlines()) == 13
@@ -107,7 +107,7 @@ def test_generate_mode_parses_answers(loaded, tiny_jsonl, tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["eval", "--limit", "0"], "--limit must be a positive"),
     (["eval", "--task", "imagenet"], "Unknown task"),
-    (["eval", "--model", "/nonexistent/model"], "Cannot load model"),
+    (["eval", "--model", "/nonexistent/model"], "does not exist"),
     (["eval", "--prune", "cls"], "needs --keep"),
     (["eval", "--prune", "cls", "--keep", "-1"], "Keep ratio"),
     (["eval", "--prune", "nope", "--keep", "0.5"], "Unknown pruning host"),

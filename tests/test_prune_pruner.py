@@ -168,15 +168,15 @@ def test_kept_count_property(keep, n):
     assert idx.shape[1] == (n if keep >= 1 else max(1, round(keep * n)))
 
 
-@pytest.mark.parametrize("keep", [1.0, 1.5, 2])
-def test_keep_at_least_one_is_noop(keep):
+@pytest.mark.parametrize("keep", [1.0, 1])
+def test_keep_one_is_noop(keep):
     ctx = PruneContext(visual=torch.randn(2, 10, 8))  # no signals at all: a no-op needs none
     p = Pruner(PruneConfig("fastv", keep=keep, qa=True))
     assert p.needs == {"visual"}
     assert torch.equal(p.select(ctx), torch.arange(10).expand(2, -1))
 
 
-@pytest.mark.parametrize("keep", [0, 0.0, -0.1, float("nan"), float("inf"), "half", None, True])
+@pytest.mark.parametrize("keep", [0, 0.0, -0.1, 1.5, 2, float("nan"), float("inf"), "half", None, True])
 def test_bad_keep_raises(keep):
     with pytest.raises(QAPrunerError):
         PruneConfig("random", keep=keep)
@@ -226,7 +226,7 @@ def test_needs():
     assert Pruner(PruneConfig("uniform", 0.5)).needs == {"visual", "grid"}
     assert Pruner(PruneConfig("cls", 0.5)).needs == {"visual", "cls_attn"}
     assert Pruner(PruneConfig("fastv", 0.5)).needs == {"visual", "llm_attn"}
-    assert Pruner(PruneConfig("fastv", 0.5)).in_llm
+    assert Pruner(PruneConfig("fastv", 0.5)).location == "layer"
     assert Pruner(PruneConfig("divprune", 0.5)).needs == {"visual"}
     assert Pruner(PruneConfig("cdpruner", 0.5)).needs == {"visual", "text_embeds", "text_mask"}
 

@@ -5,13 +5,14 @@ import torch
 
 from qapruner.errors import QAPrunerError
 from qapruner.quant import (
-    ActQuantConfig, GPTQConfig, QuantConfig, QuantLinear, WeightQuantConfig, quantization_error_at_first_layer,
+    ActQuantConfig, GPTQConfig, QuantConfig, QuantLinear, WeightQuantConfig, activation_error,
     quantize_,
 )
 from qapruner.quant.gptq import HessianAccumulator, gptq_quantize_weight
-from qapruner.quant.model_parts import capture_layer0_inputs, lm_parts
+from qapruner.models.parts import lm_parts
+from qapruner.quant.layer_inputs import capture_layer0_inputs
 from qapruner.quant.quantizer import fake_quant_minmax, quantize_weight_rtn
-from qapruner.quant.tiny import tiny_llama, tiny_llava, tiny_llava_inputs
+from tiny_models import tiny_llama, tiny_llava, tiny_llava_inputs
 
 SMALL = dict(hidden=72, intermediate=192)  # 9 heads of 8; Hadamard 72 = 2·36, 192 = 16·12
 
@@ -168,14 +169,14 @@ def test_kv_cache_quant():
 
 def test_error_at_first_layer():
     x = torch.randn(2, 10, 72)
-    assert quantization_error_at_first_layer(small_llama(layers=1), x) is None  # FP
-    assert quantization_error_at_first_layer(quantize_(small_llama(layers=1), "w4a16"), x) is None  # weight-only
+    assert activation_error(lm_parts(small_llama(layers=1)).layers[0], x) is None  # FP
+    assert activation_error(lm_parts(quantize_(small_llama(layers=1), "w4a16")).layers[0], x) is None  # weight-only
     model = quantize_(small_llama(layers=1), "w16a4")
-    e = quantization_error_at_first_layer(model, x)
+    e = activation_error(lm_parts(model).layers[0], x)
     assert e.shape == (2, 10)
     h = model.model.layers[0].input_layernorm(x)
     assert torch.allclose(e, (h - fake_quant_minmax(h, 4, False)).norm(dim=-1))
-    e8 = quantization_error_at_first_layer(quantize_(small_llama(layers=1), "w16a8"), x)
+    e8 = activation_error(lm_parts(quantize_(small_llama(layers=1), "w16a8")).layers[0], x)
     assert bool((e8 < e).all())
 
 
@@ -183,7 +184,7 @@ def test_error_at_first_layer_llava_rotated():
     model = tiny_llava(layers=1)
     quantize_(model, "w4a4-rot")
     x = torch.randn(1, 16, 576)  # what the LM receives (already in the rotated basis)
-    e = quantization_error_at_first_layer(model, x)
+    e = activation_error(lm_parts(model).layers[0], x)
     assert e.shape == (1, 16) and bool((e > 0).all())
 
 

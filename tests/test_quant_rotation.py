@@ -6,7 +6,7 @@ from qapruner.quant import QuantConfig, QuantLinear, WeightQuantConfig, quantize
 from qapruner.quant.hadamard import (
     OnlineHadamard, hadamard_factors, hadamard_matrix, paley1, paley2, random_hadamard, random_orthogonal,
 )
-from qapruner.quant.tiny import tiny_llama, tiny_llava, tiny_llava_inputs
+from tiny_models import tiny_llama, tiny_llava, tiny_llava_inputs
 
 FP_ROT = {"hadamard": QuantConfig(weight=WeightQuantConfig(bits=16), rotation="hadamard"),
           "random": QuantConfig(weight=WeightQuantConfig(bits=16), rotation="random")}

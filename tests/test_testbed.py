@@ -49,20 +49,15 @@ def test_testbed_is_a_llava_with_256_visual_tokens(testbed):
 def test_processor_and_forward_match_our_spliced_path(testbed):
     from PIL import Image
 
-    from qapruner.models.adapter import project, splice_visual, tokenize_with_visual, user_turn
-    from qapruner.models.features import encode_images
-
     m, proc = testbed.model, testbed.processor
-    text = user_turn(proc, "what color is the shape?")
+    text = testbed.user_turn("what color is the shape?")
     img = Image.new("RGB", (64, 64), (255, 255, 255))
     img.paste((200, 30, 30), (10, 10, 40, 40))
     enc = proc(images=[img], text=[text], return_tensors="pt")
     assert int((enc["input_ids"] == m.config.image_token_index).sum()) == 256
     with torch.no_grad():
         ref = m(**enc).logits[0, -1]
-        feats, cls = encode_images(m, enc["pixel_values"])
-        ids = torch.tensor([tokenize_with_visual(proc.tokenizer, text, m.config.image_token_index, 256)])
-        ours = m.lm_head(m.model.language_model(inputs_embeds=splice_visual(m, ids, project(m, feats)))
-                         .last_hidden_state[0, -1])
+        feats, cls = testbed.encode(enc["pixel_values"])
+        ours = testbed.last_logits(testbed.assemble(["what color is the shape?"], testbed.project(feats)))[0]
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     assert cls.shape == (1, 256) and float(cls.sum()) < 1.0  # CLS column removed from a softmax row

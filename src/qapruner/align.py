@@ -66,9 +66,8 @@ def fashion_labels(items) -> dict[int, dict[str, str]]:
     return {it.image: {"class": CLASSES["ABCDEFGHIJ".index(it.answer)]} for it in items}
 
 
-def word_vectors(model, tokenizer, words) -> torch.Tensor:
-    """Mean input embedding of each word's tokens (with a leading space, as inside a sentence)."""
-    emb = model.model.language_model.get_input_embeddings().weight.detach()
+def word_vectors(emb: torch.Tensor, tokenizer, words) -> torch.Tensor:
+    """Mean input embedding (rows of ``emb``) of each word's tokens (with a leading space, as inside a sentence)."""
     return torch.stack([emb[tokenizer(" " + w.lower(), add_special_tokens=False)["input_ids"]].mean(0)
                         for w in words])
 

@@ -26,10 +26,10 @@ from safetensors.torch import save_file
 
 from .align import AlignConfig, align_projector, easy_vqa_labels, fashion_labels, word_vectors, EASY_COLORS, EASY_SHAPES
 from .tasks.fashion_mnist import CLASSES
-from .models.adapter import image_token_id, project, splice_visual, tokenize_with_visual, user_turn
 from .models.features import FeatureCache
+from .models.llava import pad
 from .models.lora import add_lora, lora_state
-from .models.testbed import load_testbed, testbed_model_key
+from .models.registry import load_testbed_adapter
 from .tasks import load_task
 
 
@@ -63,29 +63,28 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 def train_projector(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    model, processor = load_testbed(projector=None)  # start from the seeded random projector
-    tokenizer = processor.tokenizer
-    img_id = image_token_id(model)
+    adapter = load_testbed_adapter(projector=None)  # start from the seeded random projector
+    model, tokenizer = adapter.model, adapter.tokenizer
     for p in model.parameters():
         p.requires_grad_(False)
-    projector = model.model.multi_modal_projector
+    projector = adapter.parts.projector
     for p in projector.parameters():
         p.requires_grad_(True)
 
     pools = {}
     for name, n_images in cfg.tasks.items():
         task = load_task(name, "train")
-        cache = FeatureCache(model, processor, task, testbed_model_key())
+        cache = FeatureCache(adapter, task)
         items = [it for it in task.items if it.image < n_images]
         cache.ensure(sorted({it.image for it in items}))
         pools[name] = (items, cache)
     names = list(pools)
     if cfg.align.steps:
-        _stage1(model, tokenizer, projector, pools, cfg.align)
+        _stage1(adapter, projector, pools, cfg.align)
     weights = [cfg.task_weights[n] for n in names]
-    n_tokens = model.config.image_seq_length
+    n_tokens = adapter.n_visual
 
-    lora = add_lora(model.model.language_model, cfg.lora_rank, cfg.lora_alpha, cfg.seed) if cfg.lora_rank else {}
+    lora = add_lora(adapter.parts.lm, cfg.lora_rank, cfg.lora_alpha, cfg.seed) if cfg.lora_rank else {}
     groups = [{"params": list(projector.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
     if lora:
         groups.append({"params": [p for m in lora.values() for p in (m.lora_a, m.lora_b)], "lr": cfg.lora_lr,
@@ -107,25 +106,20 @@ def train_projector(cfg: TrainConfig) -> dict:
             feats = torch.gather(feats, 1, idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
             rows, targets = [], []
             for it in batch:
-                prefix = tokenize_with_visual(tokenizer, user_turn(processor, it.prompt), img_id, k)
+                prefix = adapter.token_row(it.prompt, k)
                 answer = tokenizer(it.answer, add_special_tokens=False)["input_ids"]
                 rows.append(prefix + answer)
                 targets.append((len(prefix), answer))
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for i, r in enumerate(rows):  # right padding for training
-                ids[i, : len(r)] = torch.tensor(r)
-                attn[i, : len(r)] = 1
+            ids, attn = pad(rows, tokenizer.pad_token_id, side="right")  # right padding for training
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * _lr_at(step, cfg) / cfg.lr
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                embeds = splice_visual(model, ids, project(model, feats))
-                hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
+                embeds = adapter.splice(ids, adapter.project(feats))
+                hidden = adapter.hidden_states(embeds, attn)
                 pos = [(i, t0 - 1 + j) for i, (t0, ans) in enumerate(targets) for j in range(len(ans))]
                 gold = torch.tensor([tok for _, ans in targets for tok in ans])
                 h = hidden[[p[0] for p in pos], [p[1] for p in pos]]
-                logits = model.lm_head(h).float()
+                logits = adapter.lm_head(h).float()
             loss = torch.nn.functional.cross_entropy(logits, gold)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -141,17 +135,18 @@ def train_projector(cfg: TrainConfig) -> dict:
     return _save(cfg, projector, lora, log, time.time() - start)
 
 
-def _stage1(model, tokenizer, projector, pools, cfg: AlignConfig) -> None:
+def _stage1(adapter, projector, pools, cfg: AlignConfig) -> None:
     """Align the projector to word embeddings of each image's content words (see align.py)."""
     label_fns = {"easy-vqa": easy_vqa_labels, "fashion-mnist": fashion_labels}
     align_pools = []
     for name, (items, cache) in pools.items():
         labels = label_fns[name](items)
         align_pools.append((cache, {im: lab for im, lab in labels.items() if lab}))
-    groups = {"color": (EASY_COLORS, word_vectors(model, tokenizer, EASY_COLORS)),
-              "shape": (EASY_SHAPES, word_vectors(model, tokenizer, EASY_SHAPES)),
-              "class": (CLASSES, word_vectors(model, tokenizer, CLASSES))}
-    word_norm = model.model.language_model.get_input_embeddings().weight.detach().norm(dim=1).mean().item()
+    emb, tokenizer = adapter.parts.embed.weight.detach(), adapter.tokenizer
+    groups = {"color": (EASY_COLORS, word_vectors(emb, tokenizer, EASY_COLORS)),
+              "shape": (EASY_SHAPES, word_vectors(emb, tokenizer, EASY_SHAPES)),
+              "class": (CLASSES, word_vectors(emb, tokenizer, CLASSES))}
+    word_norm = emb.norm(dim=1).mean().item()
     align_projector(projector, align_pools, groups, word_norm, cfg, log=lambda m: print(m, flush=True))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 from ..errors import QAPrunerError
@@ -18,15 +18,13 @@ def add_model_task_args(p) -> None:
     p.add_argument("--calib-samples", type=int, default=32, help="calibration items for GPTQ / static scales")
 
 
-def check_limit(limit) -> None:
-    if limit is not None and limit <= 0:
-        raise QAPrunerError(f"--limit must be a positive number of items, got {limit}.")
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Write atomically, so an interrupted run never leaves a half-written summary behind."""
+def check_writable(path: str | Path) -> None:
+    """Fail now, in one sentence, if ``path`` cannot be written (before any model is loaded)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise QAPrunerError(f"Cannot write {path}: {parent} is a file, not a directory.")
+    if not os.access(parent, os.W_OK):
+        raise QAPrunerError(f"Cannot write {path}: {parent} is not writable.")

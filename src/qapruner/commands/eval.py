@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import QAPrunerError
-from .common import add_model_task_args, check_limit, write_json
+from .common import add_model_task_args, check_writable
 
 
 def add_parser(sub) -> None:
@@ -44,31 +44,39 @@ def prune_config(args):
                        sensitivity=args.sensitivity, layer_k=args.layer_k, seed=args.seed)
 
 
+def eval_config(args):
+    """The whole configuration, validated before anything is loaded, computed or written."""
+    from ..eval.config import EvalConfig
+
+    return EvalConfig(model=args.model, task=args.task, limit=args.limit, seed=args.seed,
+                      blank_image=args.blank_image, quant=args.quant, calib_samples=args.calib_samples,
+                      prune=prune_config(args), mode=args.mode, batch_size=args.batch_size)
+
+
 def run(args) -> int:
     from ..eval.prepare import quantized_copy
-    from ..eval.runner import EvalConfig, Evaluator, config_hash, environment, progress_bar
+    from ..eval.runner import Evaluator
+    from ..io import write_json
     from ..models.registry import load_model
+    from ..runinfo import config_hash, environment, progress_bar
     from ..tasks import load_task
 
-    check_limit(args.limit)
-    prune = prune_config(args)
-    if args.quant:
-        from ..quant import QuantConfig
-
-        QuantConfig.from_preset(args.quant)  # fail on a bad preset before loading anything
-    task = load_task(args.task).subset(args.limit, args.seed)
-    if args.blank_image:
+    cfg = eval_config(args)
+    task = load_task(cfg.task).subset(cfg.limit, cfg.seed)
+    if cfg.blank_image:
         task = task.blank()
-    cfg = EvalConfig(quant=args.quant, prune=prune, mode=args.mode, batch_size=args.batch_size)
-    out = Path(args.out) if args.out else Path("runs") / f"eval-{config_hash([args.model, args.task, args.limit, args.seed, args.blank_image, cfg.describe()])}.json"
-    loaded = load_model(args.model)
+    out = Path(args.out) if args.out else Path("runs") / f"eval-{config_hash(cfg.key())}.json"
+    check_writable(out)
+    adapter = load_model(cfg.model)
+    cfg.check_model(adapter)
     quant_info = None
     with progress_bar() as progress:
-        if args.quant:
-            loaded, quant_info = quantized_copy(loaded, args.quant, task, args.calib_samples, args.seed,
-                                                  progress=progress)
-        summary = Evaluator(loaded, args.quant).run(task, cfg, out.with_suffix(".items.jsonl"), progress)
-    summary.update({"image": task.meta.get("image", "task images"), "seed": args.seed, "quant_info": quant_info, "environment": environment()})
+        if cfg.quant is not None:
+            adapter, quant_info = quantized_copy(adapter, cfg.quant, task, cfg.calib_samples, cfg.seed,
+                                                 progress=progress)
+        summary = Evaluator(adapter).run(task, cfg, out.with_suffix(".items.jsonl"), progress)
+    summary.update({"image": task.meta.get("image", "task images"), "seed": cfg.seed, "config": cfg.describe(),
+                    "quant_info": quant_info, "environment": environment()})
     write_json(out, summary)
     table = Table(title=f"{summary['task']} · {summary['model']}")
     for col in ("n", "accuracy", "95% CI", "quant", "prune", "visual tokens", "items/s"):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from ..eval.runner import EvalConfig, config_hash
+from ..eval.config import EvalConfig
 from ..prune import PruneConfig
+from ..runinfo import config_hash
 from .config import CompareConfig
 
 
@@ -48,15 +49,13 @@ class Row:
         return PruneConfig(host=self.host, keep=self.keep, qa=self.qa, seed=cfg.seed, **qa, **layer)
 
     def eval_config(self, cfg: CompareConfig) -> EvalConfig:
-        return EvalConfig(quant=self.quant, prune=self.prune_config(cfg), mode=cfg.mode, batch_size=cfg.batch_size,
-                          max_new_tokens=cfg.max_new_tokens)
+        return EvalConfig(model=cfg.model, task=self.task, limit=cfg.limit, seed=cfg.seed, quant=self.quant,
+                          calib_samples=cfg.calib_samples, prune=self.prune_config(cfg), mode=cfg.mode,
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
 
     def fingerprint(self, cfg: CompareConfig) -> dict:
-        """Everything that changes this row's per-item results (batch size does not)."""
-        ec = self.eval_config(cfg)
-        return {"model": cfg.model, "task": self.task, "limit": cfg.limit, "seed": cfg.seed, **ec.describe(),
-                "max_new_tokens": ec.max_new_tokens if cfg.mode == "generate" else None,
-                "calib_samples": cfg.calib_samples if self.quant else None}
+        """Everything that changes this row's per-item results: the evaluation's resume key."""
+        return self.eval_config(cfg).key()
 
     def config_id(self, cfg: CompareConfig) -> str:
         """Readable and unique: ``<task>__<quant>__<host[-qa]-k<keep>|dense>__<hash>``."""

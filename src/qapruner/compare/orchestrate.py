@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..commands.common import write_json
+from ..eval.store import read_items
+from ..io import write_json
 from ..tasks.base import Task
 from .config import CompareConfig
 from .grid import Row, build_grid, slug
@@ -48,42 +49,47 @@ class Backend:
 
         QuantConfig.from_preset(preset)
 
-    def quantize(self, loaded, preset: str, task: Task, cfg: CompareConfig, progress=None):
+    def check_model(self, adapter, cfg: CompareConfig) -> None:
+        """Checks that need the loaded model, before any configuration runs."""
+        from ..eval.config import EvalConfig
+        from ..prune import PruneConfig
+
+        if "fastv" in cfg.hosts:
+            EvalConfig(prune=PruneConfig("fastv", 0.5, layer_k=cfg.layer_k)).check_model(adapter)
+
+    def quantize(self, adapter, preset: str, task: Task, cfg: CompareConfig, progress=None):
         from ..eval.prepare import quantized_copy
+        from ..quant import QuantConfig
 
-        return quantized_copy(loaded, preset, task, cfg.calib_samples, cfg.seed, progress=progress)
+        return quantized_copy(adapter, QuantConfig.from_preset(preset), task, cfg.calib_samples, cfg.seed,
+                              progress=progress)
 
-    def evaluate(self, loaded, quant, task: Task, ecfg, items_path: Path, progress, label: str) -> dict:
+    def evaluate(self, adapter, task: Task, ecfg, items_path: Path, progress, label: str) -> dict:
         from ..eval.runner import Evaluator
 
-        key = id(loaded.model)
+        key = id(adapter.model)
         if getattr(self, "_evaluator_key", None) != key:  # one Evaluator per model: its feature caches are reused
-            self._evaluator, self._evaluator_key = Evaluator(loaded, quant), key
+            self._evaluator, self._evaluator_key = Evaluator(adapter), key
         return self._evaluator.run(task, ecfg, items_path, progress, label)
 
-    def gallery_data(self, loaded, task: Task, items, cfg: CompareConfig) -> dict:
+    def gallery_data(self, adapter, task: Task, items, cfg: CompareConfig) -> dict:
         """S^Q of each gallery image's visual tokens (as this model's projector gives them) and the image as
         the vision tower saw it (after resize / crop)."""
         import torch
 
-        from ..models.adapter import project
         from ..models.features import FeatureCache
         from ..prune.sensitivity import sensitivity_score
 
-        cache = FeatureCache(loaded.model, loaded.processor, task, loaded.key)
-        ip = loaded.processor.image_processor
+        cache = FeatureCache(adapter, task)
+        ip = adapter.processor.image_processor
         mean = np.asarray(getattr(ip, "image_mean", [0.5] * 3), np.float32)[:, None, None]
         std = np.asarray(getattr(ip, "image_std", [0.5] * 3), np.float32)[:, None, None]
         out = {}
         with torch.no_grad():
             for it in items:
                 feats, _ = cache.get([it.image])
-                visual = project(loaded.model, feats.to(next(loaded.model.parameters()).device))
-                err = None
-                if cfg.sensitivity == "matched":
-                    from ..quant import quantization_error_at_first_layer
-
-                    err = quantization_error_at_first_layer(loaded.model, visual)
+                visual = adapter.project(feats)
+                err = adapter.matched_error(visual) if cfg.sensitivity == "matched" else None
                 sq = sensitivity_score(visual, cfg.sens_bits, cfg.sens_group_size, error=err)[0]
                 px = ip([task.load_image(it.image)], return_tensors="pt")["pixel_values"][0].float().numpy()
                 img = np.clip((px * std + mean).transpose(1, 2, 0), 0, 1)
@@ -145,18 +151,6 @@ def finished_summary(items_dir: Path, cid: str, fingerprint: dict) -> dict | Non
     return s if s.get("fingerprint") == json.loads(json.dumps(fingerprint)) else None
 
 
-def read_items(path: Path) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        next(f, None)  # header
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
-
-
 def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None, log=print) -> dict:
     """Run every unfinished configuration; return {"tasks", "rows", "configs", "gallery"} (no statistics)."""
     out_dir = Path(out_dir)
@@ -183,6 +177,7 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
             continue
         if fp is None:
             fp = backend.load_model(cfg.model)
+            backend.check_model(fp, cfg)
         models: dict = {}
         for tname, task in tasks.items():
             task_rows = [r for r in group if r.task == tname]
@@ -202,7 +197,7 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
                 model, qinfo = models[key]
             for r in task_rows:
                 cid = ids[r]
-                s = backend.evaluate(model, quant, task, r.eval_config(cfg), items_dir / f"{cid}.jsonl", progress,
+                s = backend.evaluate(model, task, r.eval_config(cfg), items_dir / f"{cid}.jsonl", progress,
                                      f"{tname} · {r.label}")
                 s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo})
                 write_json(summary_path(items_dir, cid), s)

@@ -1,43 +1,124 @@
 """Per-item results as JSONL: one header line naming the configuration, then one line per finished item.
-A rerun with the same configuration skips finished items; a different configuration refuses the file."""
+A rerun with the same configuration skips finished items; a different configuration refuses the file.
+
+One writer at a time: an ``ItemStore`` holds an exclusive lock on the sibling file ``FILE.lock`` from its
+construction until ``close()`` (or the end of a ``with`` block); a second store on the same file is refused.
+The lock file is left in place (removing it would let two writers lock different files).
+
+Damage an interrupted run can leave is repaired on open: a first line cut short with no rows after it is
+rewritten, and a last line cut short (no newline yet) is truncated away, so that item is recomputed. A uid
+that appears twice counts once (the first row written)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
 from ..errors import QAPrunerError
 
 
+def _cannot_write(path: Path, exc: OSError) -> QAPrunerError:
+    reason = exc.strerror or str(exc)
+    return QAPrunerError(f"Cannot write '{path}': {reason[:1].lower() + reason[1:]}.")
+
+
+def _json_object(line: str) -> dict | None:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _read(path: Path) -> tuple[dict | None, dict[str, dict], int]:
+    """(header, or None for a missing/empty file or a torn header with no rows after it; {uid: row}, first row
+    of a uid wins; byte length of the complete, newline-terminated lines)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, {}, 0
+    end = data.rfind(b"\n") + 1  # anything after the last newline was cut short by an interruption
+    lines = data[:end].decode(errors="replace").splitlines()
+    header = _json_object(lines[0]) if lines else None
+    if header is None or "config" not in header:
+        if any(line.strip() for line in lines[1:]):
+            raise QAPrunerError(f"The first line of '{path}' (its configuration header) is unreadable; "
+                                "delete the file and rerun.")
+        return None, {}, 0
+    rows: dict[str, dict] = {}
+    for n, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        row = _json_object(line)
+        if row is None or "uid" not in row:
+            raise QAPrunerError(f"Line {n} of '{path}' is not a readable result row; delete the file and rerun.")
+        rows.setdefault(row["uid"], row)
+    return header, rows, end
+
+
+def read_items(path) -> list[dict]:
+    """The finished rows of an items file, one per uid (the first written), without the header. Takes no lock."""
+    return list(_read(Path(path))[1].values())
+
+
 class ItemStore:
+    """``done``: {uid: row} of the finished items. Use as a context manager, or call ``close()``, to release
+    the lock; it is also released when the object is garbage-collected."""
+
     def __init__(self, path: Path, config: dict):
+        self._lock = None
         self.path, self.config = Path(path), config
         self.done: dict[str, dict] = {}
-        if self.path.exists() and self.path.stat().st_size:
-            lines = self.path.read_text().splitlines()
-            header = json.loads(lines[0])
-            if header.get("config") != config:
-                raise QAPrunerError(
-                    f"'{self.path}' holds results of a different configuration; remove it or choose another --out.")
-            for line in lines[1:]:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut short by an interruption: recompute from here
-                self.done[row["uid"]] = row
-            self._rewrite()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"config": config}) + "\n")
+        try:
+            self._open()
+        except OSError as exc:
+            self.close()
+            raise _cannot_write(self.path, exc) from None
+        except BaseException:
+            self.close()
+            raise
 
-    def _rewrite(self) -> None:
-        rows = [json.dumps({"config": self.config})] + [json.dumps(r) for r in self.done.values()]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("\n".join(rows) + "\n")
-        tmp.replace(self.path)
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path.with_name(self.path.name + ".lock"), "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise QAPrunerError(f"Another qapruner run is writing '{self.path}'; wait for it or choose another "
+                                "--out.") from None
+        header, rows, end = _read(self.path)
+        if header is None:
+            self.path.write_text(json.dumps({"config": self.config}) + "\n")
+            return
+        if header["config"] != self.config:
+            raise QAPrunerError(
+                f"'{self.path}' holds results of a different configuration; remove it or choose another --out.")
+        if self.path.stat().st_size > end:
+            os.truncate(self.path, end)
+        self.done = rows
 
     def add(self, rows: list[dict]) -> None:
-        with self.path.open("a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-                self.done[r["uid"]] = r
+        try:
+            with self.path.open("a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in rows))
+        except OSError as exc:
+            raise _cannot_write(self.path, exc) from None
+        for r in rows:
+            self.done.setdefault(r["uid"], r)
+
+    def close(self) -> None:
+        """Release the lock (closing the lock file releases the flock)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "ItemStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()

@@ -18,45 +18,10 @@ from ..paths import cache_dir
 from ..tasks.base import Task
 
 
-def _layer_parts(layer: torch.nn.Module):
-    norm = getattr(layer, "norm1", None) or getattr(layer, "layer_norm1")
-    attn = getattr(layer, "attention", None) or getattr(layer, "self_attn")
-    return norm, attn
-
-
-@torch.no_grad()
-def encode_images(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selected vision features (B, N, Dv) exactly as LLaVA feeds its projector, and the [CLS]→patch
-    attention (B, N) of the block that produced them (head-averaged; FasterVLM / VisionZip signal)."""
-    cfg = model.config
-    tower = model.model.vision_tower
-    layer_idx = cfg.vision_feature_layer
-    param = next(tower.parameters())
-    out = tower(pixel_values=pixel_values.to(device=param.device, dtype=param.dtype), output_hidden_states=True)
-    hidden = out.hidden_states
-    feats = hidden[layer_idx]
-    if cfg.vision_feature_select_strategy == "default":
-        feats = feats[:, 1:]
-    # The block whose output is hidden[layer_idx] is block (layer_idx - 1) over its input hidden[layer_idx - 1].
-    n_blocks = len(hidden) - 1
-    block_idx = (layer_idx % len(hidden)) - 1
-    encoder = getattr(tower, "encoder", None) or tower.vision_model.encoder
-    block = encoder.layer[block_idx] if hasattr(encoder, "layer") else encoder.layers[block_idx]
-    assert 0 <= block_idx < n_blocks
-    norm, attn = _layer_parts(block)
-    h = norm(hidden[block_idx])
-    b, t, _ = h.shape
-    heads = tower.config.num_attention_heads
-    q = attn.q_proj(h[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
-    k = attn.k_proj(h).view(b, t, heads, -1).transpose(1, 2)
-    a = torch.softmax((q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5, dim=-1).mean(1)[:, 0, 1:]
-    return feats.float().cpu(), a.float().cpu()
-
-
 class FeatureCache:
-    def __init__(self, model, processor, task: Task, model_key: str, batch_size: int = 16):
-        self.model, self.processor, self.task, self.batch_size = model, processor, task, batch_size
-        self.dir = cache_dir() / "features" / f"{model_key}--{task.cache_key}"
+    def __init__(self, adapter, task: Task, batch_size: int = 16):
+        self.adapter, self.task, self.batch_size = adapter, task, batch_size
+        self.dir = cache_dir() / "features" / f"{adapter.key}--{task.cache_key}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._meta_path = self.dir / "meta.json"
         self._feats = self._cls = None
@@ -74,7 +39,7 @@ class FeatureCache:
 
     def _pixels(self, indices) -> torch.Tensor:
         images = [self.task.load_image(i) for i in indices]
-        return self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return self.adapter.processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
     def ensure(self, indices, progress: Progress | None = None) -> None:
         """Encode the images in ``indices`` that are not cached yet."""
@@ -91,7 +56,7 @@ class FeatureCache:
         try:
             for start in range(0, len(wanted), self.batch_size):
                 chunk = wanted[start : start + self.batch_size]
-                feats, cls = encode_images(self.model, self._pixels(chunk))
+                feats, cls = self.adapter.encode(self._pixels(chunk))
                 if self._feats is None:
                     self._open(tuple(feats.shape[1:]))
                 self._feats[chunk] = feats.numpy()

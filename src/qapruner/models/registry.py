@@ -3,48 +3,46 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import QAPrunerError
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    processor: object
-    key: str            # identifies the vision features (cache key)
-    name: str
-    grid: tuple[int, int]  # visual-token grid (h, w)
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
+from .llava import LlavaAdapter
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(spec: str = "testbed", device: torch.device | None = None) -> LoadedModel:
+def load_model(spec: str = "testbed", device: torch.device | None = None) -> LlavaAdapter:
     device = device or default_device()
     if spec == "testbed" or spec.startswith("testbed:"):
         # "testbed:PATH" = the testbed with another projector/LoRA asset (e.g. a training checkpoint)
-        from .testbed import PROJECTOR_ASSET, load_testbed, testbed_model_key
+        from .testbed import PROJECTOR_ASSET
 
         asset = Path(spec[len("testbed:"):]) if spec.startswith("testbed:") else PROJECTOR_ASSET
         if not asset.is_file():
             raise QAPrunerError(f"Projector asset {asset} does not exist.")
-        model, processor = load_testbed(projector=asset)
-        return LoadedModel(model.to(device), processor, testbed_model_key(), spec, _grid(model))
+        adapter = load_testbed_adapter(asset, name=spec)
+        adapter.model.to(device)
+        return adapter
     return _load_llava(spec, device)
 
 
-def _load_llava(spec: str, device: torch.device) -> LoadedModel:
+def load_testbed_adapter(projector: Path | None, name: str = "testbed") -> LlavaAdapter:
+    """The testbed with the projector (+ LoRA) asset ``projector``, or its seeded random projector (None)."""
+    from .testbed import load_testbed, testbed_model_key
+
+    model, processor = load_testbed(projector=projector)
+    return LlavaAdapter(model, processor, testbed_model_key(), name, _grid(model))
+
+
+def _load_llava(spec: str, device: torch.device) -> LlavaAdapter:
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
+    if _looks_like_path(spec) and not Path(spec).expanduser().exists():
+        raise QAPrunerError(f"Model path '{spec}' does not exist.")
     try:
         config = AutoConfig.from_pretrained(spec)
     except (OSError, ValueError) as exc:
@@ -58,7 +56,7 @@ def _load_llava(spec: str, device: torch.device) -> LoadedModel:
     model = LlavaForConditionalGeneration.from_pretrained(spec, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(spec)
     key = Path(spec).name + "-" + hashlib.sha1(config.to_json_string().encode()).hexdigest()[:8]
-    return LoadedModel(model, processor, key, spec, _grid(model))
+    return LlavaAdapter(model, processor, key, spec, _grid(model))
 
 
 def _grid(model) -> tuple[int, int]:
@@ -70,3 +68,8 @@ def _grid(model) -> tuple[int, int]:
     if side is None or side * side != n:
         side = int(round(n ** 0.5))
     return (side, n // side)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else with a separator (or ~, ., /) is a local path."""
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec

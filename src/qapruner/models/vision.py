@@ -94,3 +94,24 @@ def cls_attention(vision_tower: Dinov2Model, pixel_values: torch.Tensor) -> torc
     k = last.attention.k_proj(h).view(b, t, heads, -1).transpose(1, 2)
     attn = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)  # (B, H, 1, T)
     return attn.mean(1)[:, 0, 1:]
+
+
+def cls_attention(tower: torch.nn.Module, hidden_states: tuple, feature_layer: int) -> torch.Tensor:
+    """[CLS]→patch attention (B, N), head-averaged, of the block whose output LLaVA selects as its features
+    (``hidden_states[feature_layer]``): that block is number ``feature_layer - 1`` over its input
+    ``hidden_states[feature_layer - 1]``. Works for DINOv2 (``norm1``/``attention``) and CLIP
+    (``layer_norm1``/``self_attn``) towers."""
+    n_blocks = len(hidden_states) - 1
+    block_idx = (feature_layer % len(hidden_states)) - 1
+    if not 0 <= block_idx < n_blocks:
+        raise ValueError(f"vision feature layer {feature_layer} selects no transformer block")
+    encoder = getattr(tower, "encoder", None) or tower.vision_model.encoder
+    block = encoder.layer[block_idx] if hasattr(encoder, "layer") else encoder.layers[block_idx]
+    norm = getattr(block, "norm1", None) or getattr(block, "layer_norm1")
+    attn = getattr(block, "attention", None) or getattr(block, "self_attn")
+    h = norm(hidden_states[block_idx])
+    b, t, _ = h.shape
+    heads = tower.config.num_attention_heads
+    q = attn.q_proj(h[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
+    k = attn.k_proj(h).view(b, t, heads, -1).transpose(1, 2)
+    return torch.softmax((q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5, dim=-1).mean(1)[:, 0, 1:]

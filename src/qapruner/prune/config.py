@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 
 from qapruner.errors import QAPrunerError
+from qapruner.prune.hosts import HOSTS
 
-HOSTS = ("random", "uniform", "cls", "fastv", "divprune", "cdpruner")
 SENSITIVITIES = ("paper", "matched")
 
 
@@ -24,8 +24,8 @@ def num_keep(keep: float, n: int) -> int:
 
 @dataclass
 class PruneConfig:
-    host: str  # random | uniform | cls | fastv | divprune | cdpruner
-    keep: float  # ratio in (0, 1]; >= 1.0 keeps everything
+    host: str  # a registered host: random | uniform | cls | fastv | divprune | cdpruner
+    keep: float  # ratio in (0, 1]; 1.0 keeps everything
     qa: bool = False  # quantization-aware variant (fuse the host score with S^Q)
     alpha: float | str = 0.7  # weight of the host score, float in [0, 1] or "dynamic"
     sensitivity: str = "paper"  # "paper": simulated INT{bits}/G{group_size}; "matched": ctx.matched_error
@@ -40,8 +40,8 @@ class PruneConfig:
         self.host = self.host.lower()
         if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)):
             raise QAPrunerError(f"Keep ratio must be a number in (0, 1], got {self.keep!r}.")
-        if not math.isfinite(self.keep) or self.keep <= 0:
-            raise QAPrunerError(f"Keep ratio must be a finite number in (0, 1], got {self.keep!r}.")
+        if not math.isfinite(self.keep) or not 0 < self.keep <= 1:
+            raise QAPrunerError(f"Keep ratio must be a number in (0, 1], got {self.keep!r}.")
         if isinstance(self.alpha, str):
             if self.alpha.lower() != "dynamic":
                 try:

@@ -40,9 +40,10 @@ class Pruner:
         return self.required | self.host.optional
 
     @property
-    def in_llm(self) -> bool:
-        """True when the host's signal lives inside the LLM (FastV): use ``inllm.forward_with_inllm_pruning``."""
-        return self.config.host == "fastv"
+    def location(self) -> str:
+        """Where the host prunes: "input" (the projector outputs, before the LLM) or "layer" (the input of LLM
+        layer K, FastV; see ``inllm.prune_at_layer``)."""
+        return self.host.location
 
     def num_keep(self, n: int) -> int:
         return num_keep(self.config.keep, n)

@@ -6,11 +6,11 @@
 See docs/quantization.md for the preset grammar, defaults and measured perplexities.
 """
 
-from .api import quantization_error_at_first_layer, quantize_, select_targets
+from .api import activation_error, quantize_, select_targets
 from .config import ActQuantConfig, GPTQConfig, QuantConfig, WeightQuantConfig, parse_preset, to_preset
 from .quant_linear import ActQuantizer, QuantLinear
 
 __all__ = [
-    "quantize_", "quantization_error_at_first_layer", "select_targets", "QuantConfig", "WeightQuantConfig",
+    "quantize_", "activation_error", "select_targets", "QuantConfig", "WeightQuantConfig",
     "ActQuantConfig", "GPTQConfig", "parse_preset", "to_preset", "QuantLinear", "ActQuantizer",
 ]

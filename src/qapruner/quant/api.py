@@ -15,7 +15,8 @@ from .calibration import calibrate_static_scales
 from .config import ActQuantConfig, QuantConfig
 from .gptq import HessianAccumulator, gptq_quantize_weight
 from .kv_cache import install_kv_quant
-from .model_parts import DECODER_LINEARS, LMParts, capture_layer0_inputs, lm_parts
+from ..models.parts import DECODER_LINEARS, LMParts, lm_parts
+from .layer_inputs import capture_layer0_inputs
 from .quant_linear import QuantLinear
 from .quantizer import quantize_weight_rtn
 from .rotation import rotate_model
@@ -215,22 +216,19 @@ def _rotate_calibration_embeds(calib: list[dict] | None, q: torch.Tensor) -> lis
     return out
 
 
-def quantization_error_at_first_layer(model: nn.Module, x: torch.Tensor, layer: int = 0) -> torch.Tensor | None:
-    """Per-token activation-quantization error ``‖t(h) − Q_act(t(h))‖₂`` at the first layer's q_proj
-    (or at layer ``layer``'s, for pruning inside the LLM, where ``x`` is the residual stream entering it).
+def activation_error(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Per-token activation-quantization error ``‖t(h) − Q_act(t(h))‖₂`` at a decoder layer's q_proj.
 
-    ``x`` (B, N, D): residual-stream vectors as the language model receives them (for LLaVA: the projector
-    outputs of *this* model, i.e. already rotated if the engine rotated it). ``h = layer0.input_layernorm(x)``
-    (which carries SmoothQuant's 1/s), ``t`` is q_proj's online transform (none in our recipes), ``Q_act``
-    q_proj's activation quantizer (dynamic or calibrated static). Returns a (B, N) tensor, or ``None`` when
-    q_proj quantizes no activations (FP or weight-only model): nothing to be sensitive to.
+    ``x`` (B, N, D): residual-stream vectors entering ``layer`` (before the LLM: the projector outputs of
+    *this* model, i.e. already rotated if the engine rotated it). ``h = layer.input_layernorm(x)`` (which
+    carries SmoothQuant's 1/s), ``t`` is q_proj's online transform (none in our recipes), ``Q_act`` q_proj's
+    activation quantizer (dynamic or calibrated static). Returns (B, N), or ``None`` when q_proj quantizes no
+    activations (FP or weight-only model): nothing to be sensitive to.
     """
-    parts = lm_parts(model)
-    layer0 = parts.layers[layer]
-    q = layer0.self_attn.q_proj
+    q = layer.self_attn.q_proj
     if not isinstance(q, QuantLinear) or not q.act_quant.cfg.enabled:
         return None
     with torch.no_grad():
-        h = layer0.input_layernorm(x.to(layer0.input_layernorm.weight.dtype))
+        h = layer.input_layernorm(x.to(layer.input_layernorm.weight.dtype))
         t = q.transform_input(h)
         return (t - q.act_quant.quantize(t)).float().norm(dim=-1)

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..errors import QAPrunerError
 from .hadamard import OnlineHadamard, has_hadamard, random_hadamard, random_orthogonal
-from .model_parts import LMParts, untie_embeddings
+from ..models.parts import LMParts
+from .layer_inputs import untie_embeddings
 
 
 def _set(param: torch.Tensor, value: torch.Tensor) -> None:

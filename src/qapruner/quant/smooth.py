@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model_parts import LMParts
+from ..models.parts import LMParts
 
 
 @torch.no_grad()

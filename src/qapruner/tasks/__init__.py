@@ -1,27 +1,10 @@
-"""Tasks by name: ``easy-vqa``, ``fashion-mnist``, ``jsonl:PATH``, ``scienceqa-img``."""
+"""Tasks by name: ``easy-vqa``, ``fashion-mnist``, ``jsonl:PATH``, ``scienceqa-img`` (each module registers
+its loader; the import order below is the order they are listed in)."""
 
 from __future__ import annotations
 
-from ..errors import QAPrunerError
+from . import easy_vqa, fashion_mnist, jsonl, scienceqa  # noqa: F401  (registers the tasks)
 from .base import Item, Task
+from .registry import TASKS, calibration_task, load_task, register_task, task_info
 
-TASK_NAMES = ("easy-vqa", "fashion-mnist", "jsonl:PATH", "scienceqa-img")
-
-
-def load_task(name: str, split: str = "test") -> Task:
-    if name == "easy-vqa":
-        from .easy_vqa import load_easy_vqa
-        return load_easy_vqa(split)
-    if name == "fashion-mnist":
-        from .fashion_mnist import load_fashion_mnist
-        return load_fashion_mnist(split)
-    if name.startswith("jsonl:"):
-        from .jsonl import load_jsonl
-        return load_jsonl(name[len("jsonl:"):])
-    if name == "scienceqa-img":
-        from .scienceqa import load_scienceqa_img
-        return load_scienceqa_img(split)
-    raise QAPrunerError(f"Unknown task '{name}'; choose one of: {', '.join(TASK_NAMES)}.")
-
-
-__all__ = ["Item", "Task", "load_task", "TASK_NAMES"]
+__all__ = ["Item", "Task", "TASKS", "calibration_task", "load_task", "register_task", "task_info"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from ..errors import QAPrunerError
+from .registry import register_task
 from .base import SHORT_ANSWER, Item, Task
 
 
@@ -16,6 +17,7 @@ def _module():
     return easy_vqa
 
 
+@register_task("easy-vqa", train_split=True)
 def load_easy_vqa(split: str = "test") -> Task:
     ev = _module()
     questions, answers, image_ids = ev.get_test_questions() if split == "test" else ev.get_train_questions()

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import QAPrunerError
+from .registry import register_task
 from .base import LETTERS, MC_ANSWER, Item, Task
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -36,6 +37,7 @@ def fashion_prompt() -> str:
     return f"{QUESTION}\n{options}\n{MC_ANSWER}"
 
 
+@register_task("fashion-mnist", train_split=True)
 def load_fashion_mnist(split: str = "test") -> Task:
     x, y = _read(split)
     prompt, letters = fashion_prompt(), tuple(LETTERS[: len(CLASSES)])

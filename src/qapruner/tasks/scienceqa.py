@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..errors import QAPrunerError
 from ..paths import cache_dir
+from .registry import register_task
 from .base import LETTERS, MC_ANSWER, Item, Task
 
 
@@ -20,6 +21,7 @@ def scienceqa_root() -> Path:
     return Path(os.environ.get("QAPRUNER_SCIENCEQA", cache_dir() / "scienceqa")).expanduser()
 
 
+@register_task("scienceqa-img", train_split=True)
 def load_scienceqa_img(split: str = "test") -> Task:
     root = scienceqa_root()
     files = sorted(root.glob(f"data/{split}-*.parquet")) + sorted(root.glob(f"{split}-*.parquet"))

@@ -15,11 +15,27 @@ from qapruner.prune.context import PruneContext
 from qapruner.prune.select import topk_stable
 
 
+HOSTS: dict[str, type["Host"]] = {}  # filled by @register_host, in import order (hosts/__init__.py)
+
+
+def register_host(name: str):
+    """Class decorator: make a host available as ``--prune NAME``."""
+    def add(cls):
+        cls.name = name
+        HOSTS[name] = cls
+        return cls
+    return add
+
+
 class Host:
     name: str = ""
+    location: str = "input"  # "input": prune the projector outputs before the LLM; "layer": at LLM layer K
     needs: frozenset[str] = frozenset({"visual"})  # PruneContext fields that must be present
     optional: frozenset[str] = frozenset()  # fields used when present (compute them if you can)
     citation: str = ""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
 
     def score(self, ctx: PruneContext, k: int) -> Tensor:  # (B, N) float32 in [0, 1]
         raise NotImplementedError

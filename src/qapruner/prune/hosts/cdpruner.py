@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from qapruner.prune.context import PruneContext
-from qapruner.prune.hosts.base import Host
+from qapruner.prune.hosts.base import Host, register_host
 from qapruner.prune.select import dpp_greedy, dpp_kernel
 
 
@@ -36,8 +36,8 @@ def instruction_relevance(visual: Tensor, text: Tensor, text_mask: Tensor | None
     return torch.where(ok, (rel - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.ones_like(rel))
 
 
+@register_host("cdpruner")
 class CDPrunerHost(Host):
-    name = "cdpruner"
     needs = frozenset({"visual", "text_embeds"})
     optional = frozenset({"text_mask"})
     citation = "CDPruner (arXiv 2506.10967); greedy MAP of Chen et al. 2018 (arXiv 1709.05135)"

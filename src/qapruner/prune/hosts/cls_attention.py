@@ -10,12 +10,12 @@ from __future__ import annotations
 from torch import Tensor
 
 from qapruner.prune.context import PruneContext
-from qapruner.prune.hosts.base import Host
+from qapruner.prune.hosts.base import Host, register_host
 from qapruner.prune.sensitivity import minmax
 
 
+@register_host("cls")
 class ClsAttentionHost(Host):
-    name = "cls"
     needs = frozenset({"visual", "cls_attn"})
     citation = "FasterVLM (arXiv 2412.01818); VisionZip dominant tokens (arXiv 2412.04467)"
 

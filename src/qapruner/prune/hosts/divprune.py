@@ -17,12 +17,12 @@ import torch
 from torch import Tensor
 
 from qapruner.prune.context import PruneContext
-from qapruner.prune.hosts.base import Host
+from qapruner.prune.hosts.base import Host, register_host
 from qapruner.prune.select import cosine_distance, maxmin_greedy
 
 
+@register_host("divprune")
 class DivPruneHost(Host):
-    name = "divprune"
     needs = frozenset({"visual"})
     citation = "DivPrune (arXiv 2503.02175)"
 

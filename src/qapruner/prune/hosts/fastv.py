@@ -11,12 +11,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from qapruner.prune.context import PruneContext
-from qapruner.prune.hosts.base import Host
+from qapruner.prune.hosts.base import Host, register_host
 from qapruner.prune.sensitivity import minmax
 
 
+@register_host("fastv")
 class FastVHost(Host):
-    name = "fastv"
+    location = "layer"
     needs = frozenset({"visual", "llm_attn"})
     citation = "FastV (arXiv 2403.06764)"
 

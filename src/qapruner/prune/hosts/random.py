@@ -11,17 +11,14 @@ import torch
 from torch import Tensor
 
 from qapruner.prune.context import PruneContext
-from qapruner.prune.hosts.base import Host
+from qapruner.prune.hosts.base import Host, register_host
 from qapruner.prune.sensitivity import minmax
 
 
+@register_host("random")
 class RandomHost(Host):
-    name = "random"
     needs = frozenset({"visual"})
     citation = "random baseline"
-
-    def __init__(self, seed: int = 0):
-        self.seed = seed
 
     def score(self, ctx: PruneContext, k: int) -> Tensor:
         g = torch.Generator().manual_seed(self.seed)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from qapruner.prune.context import PruneContext
-from qapruner.prune.hosts.base import Host
+from qapruner.prune.hosts.base import Host, register_host
 
 
 def _spread(count: int, length: int) -> list[int]:
@@ -46,8 +46,8 @@ def uniform_score(h: int, w: int, k: int) -> Tensor:
     return 1.0 - d / dmax if dmax > 0 else torch.ones_like(d)
 
 
+@register_host("uniform")
 class UniformHost(Host):
-    name = "uniform"
     needs = frozenset({"visual"})
     optional = frozenset({"grid"})
     citation = "strided/pooled grid baseline (as in the pooling baselines of LLaVA-PruMerge and VisionZip)"

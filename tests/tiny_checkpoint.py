@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (BitImageProcessorPil, Dinov2Config, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                           LlavaProcessor, PreTrainedTokenizerFast)
 
-from .testbed import CHAT_TEMPLATE, IMAGE_TOKEN
+from qapruner.models.testbed import CHAT_TEMPLATE, IMAGE_TOKEN
 
 SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN]
 WORDS = (

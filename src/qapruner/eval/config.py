@@ -1,0 +1,87 @@
+"""``EvalConfig``: one evaluation, fully resolved and validated once.
+
+Its ``key()`` is what decides whether stored per-item results may be reused (resume): it is derived from
+every field, so an option added here is in the key unless it is listed in ``NOT_IN_KEY`` with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+from ..errors import QAPrunerError
+from ..prune import PruneConfig
+from ..quant import QuantConfig
+
+Mode = Literal["choice", "generate"]
+MODES = ("choice", "generate")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = "testbed"
+    task: str = "easy-vqa"
+    limit: int | None = None  # a fixed, seeded, answer-stratified subset; None = every item
+    seed: int = 0  # subset, calibration sample and random host
+    blank_image: bool = False  # every image replaced by a blank one (the blind baseline)
+    quant: QuantConfig | None = None  # None = FP
+    calib_samples: int = 32  # calibration items (GPTQ, static scales, SmoothQuant)
+    prune: PruneConfig | None = None  # None = all visual tokens
+    mode: Mode = "choice"  # choice: next-token likelihood over candidates; generate: greedy decode + parse
+    max_new_tokens: int = 10  # generate mode
+    batch_size: int = 16
+    # Fields that cannot change a prediction, with the reason:
+    NOT_IN_KEY = {"batch_size": "left padding with position ids from the mask makes a row independent of its batch"}
+
+    def __post_init__(self):
+        if isinstance(self.quant, str):
+            object.__setattr__(self, "quant", QuantConfig.from_preset(self.quant))
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit <= 0):
+            raise QAPrunerError(f"--limit must be a positive number of items, got {self.limit}.")
+        if self.mode not in MODES:
+            raise QAPrunerError(f"Unknown --mode '{self.mode}'; choose 'choice' or 'generate'.")
+        for name in ("batch_size", "calib_samples", "max_new_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise QAPrunerError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}.")
+        if self.prune is not None and self.prune.is_noop:
+            object.__setattr__(self, "prune", None)  # keep 1.0 is dense
+        if self.prune is not None and self.prune.host == "fastv" and self.mode != "choice":
+            raise QAPrunerError("In-LLM (fastv) pruning supports --mode choice only.")
+
+    def check_model(self, adapter) -> None:
+        """Checks that need the loaded model; run them before anything is computed or written."""
+        p = self.prune
+        if p is not None and p.host == "fastv" and not 0 <= p.layer_k < adapter.num_layers:
+            raise QAPrunerError(f"--layer-k {p.layer_k} is outside the model's {adapter.num_layers} decoder layers "
+                                f"(0..{adapter.num_layers - 1}).")
+
+    @property
+    def preset(self) -> str | None:
+        """The quantization preset as the user gave it (canonical form), or None for FP."""
+        return self.quant.preset if self.quant is not None else None
+
+    def describe(self) -> dict:
+        """The configuration as plain JSON values (quant as its preset string, prune as a dict)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "quant":
+                v = self.preset
+            elif f.name == "prune":
+                v = asdict(v) if v is not None else None
+            out[f.name] = v
+        return out
+
+    def key(self) -> dict:
+        """Everything that can change a prediction (see ``NOT_IN_KEY``); options a run does not use are
+        normalised, so e.g. calibration size does not split FP runs."""
+        d = {k: v for k, v in self.describe().items() if k not in self.NOT_IN_KEY}
+        if self.quant is None or not self.quant.needs_calibration:
+            d["calib_samples"] = None
+        if self.mode != "generate":
+            d["max_new_tokens"] = None
+        return d
+
+
+__all__ = ["EvalConfig", "Mode", "MODES"]

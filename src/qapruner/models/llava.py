@@ -1,0 +1,305 @@
+"""``LlavaAdapter``: the one owner of the path every run takes through a LLaVA-family model.
+
+    pixels → vision tower → projector → [prune before the LLM] → splice the kept tokens into the prompt
+    → decoder layers [prune at layer K] → final norm → LM head
+
+Every job (evaluation, calibration, training, the gallery) builds the language model's input here, the same
+way: the chat-template text with one ``<image>`` placeholder is tokenized, the placeholder is expanded to the
+number of visual tokens actually kept, and the projected features are spliced in at those positions.
+Pre-LLM pruning therefore gives a shorter sequence with contiguous position ids (CDPruner / VisionZip
+policy: kept tokens are renumbered in their original order). Pruning is a strategy handed to ``forward``
+and applied where its host declares (``Pruner.location``): before the LLM, or at the input of layer K.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..errors import QAPrunerError
+from .parts import LMParts, lm_parts
+
+
+def position_ids(mask: Tensor) -> Tensor:
+    """Left padding: positions count real tokens only (``cumsum(mask) - 1``, clamped at 0, the convention
+    generate() uses), so a row's result does not depend on its batch."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def pad(rows: list[list[int]], pad_id: int, side: str = "left") -> tuple[Tensor, Tensor]:
+    """Pad token rows to one width. Left (inference): the last position of every row predicts the answer;
+    right (training): targets keep their positions."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        ids[i, cols] = torch.tensor(r)
+        mask[i, cols] = 1
+    return ids, mask
+
+
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """Rows of ``x`` (B, L[, D]) at ``idx`` (B, k), per batch element."""
+    if x.dim() == 2:
+        return x.gather(1, idx)
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+@dataclass
+class LMInputs:
+    """A left-padded batch as the decoder receives it."""
+    embeds: Tensor  # (B, L, D) text embeddings with the visual tokens spliced in
+    mask: Tensor  # (B, L) 1 = real token
+    position_ids: Tensor  # (B, L)
+    visual_positions: Tensor  # (B, k) sequence positions of the visual tokens
+
+    def as_kwargs(self) -> dict:
+        """``model(**kw)`` keyword arguments (calibration)."""
+        return {"inputs_embeds": self.embeds, "attention_mask": self.mask, "position_ids": self.position_ids}
+
+
+@dataclass
+class DecoderState:
+    """What the hand-written decoder loop carries from layer to layer (in-LLM pruning only)."""
+    hidden: Tensor  # (B, L, D)
+    mask: Tensor  # (B, L)
+    position_ids: Tensor  # (B, L)
+    mask4d: Tensor  # (B, 1, L, L) additive
+    position_embeddings: tuple[Tensor, Tensor]
+
+
+@dataclass
+class Output:
+    logits: Tensor | None  # (B, V) last-position logits (choice mode)
+    texts: list[str] | None  # generated answers (generate mode)
+    keep: Tensor | None  # (B, k) kept visual-token indices, ascending; None = all kept
+    n_visual: int  # visual tokens before pruning
+    seconds: dict = field(default_factory=dict)  # {"select": s, "prefill": s}
+
+
+def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, L) 0/1 padding mask -> (B, 1, L, L) additive float mask: causal and no attention to padding.
+    Eager and SDPA attention both accept it. Fully masked rows (queries on left pads) become uniform instead
+    of NaN; their outputs are never read."""
+    b, length = mask.shape
+    dev = mask.device
+    causal = torch.ones(length, length, dtype=torch.bool, device=dev).tril()
+    allowed = causal[None] & mask.bool()[:, None, :]
+    zero = torch.zeros((), dtype=dtype, device=dev)
+    neg = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=dev)
+    return torch.where(allowed, zero, neg)[:, None]
+
+
+class LlavaAdapter:
+    """A loaded LLaVA-family model (``LlavaForConditionalGeneration``: the testbed or any llava-hf
+    checkpoint) with its processor, and the few verbs every job needs."""
+
+    def __init__(self, model, processor, key: str, name: str, grid: tuple[int, int]):
+        self.model, self.processor = model, processor
+        self.key = key  # identifies the vision features (cache key)
+        self.name = name
+        self.grid = grid  # visual-token grid (h, w)
+
+    # ---- parts --------------------------------------------------------------------------------------
+    @property
+    def parts(self) -> LMParts:
+        """Located afresh each time: quantization replaces modules inside the model."""
+        return lm_parts(self.model)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_index)
+
+    @property
+    def n_visual(self) -> int:
+        return int(self.model.config.image_seq_length)
+
+    def with_model(self, model) -> "LlavaAdapter":
+        """The same adapter around another copy of the model (e.g. a quantized one)."""
+        return LlavaAdapter(model, self.processor, self.key, self.name, self.grid)
+
+    # ---- vision ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        """Selected vision features (B, N, Dv) exactly as LLaVA feeds its projector, and the [CLS]→patch
+        attention (B, N) of the block that produced them (head-averaged; FasterVLM / VisionZip signal)."""
+        from .vision import cls_attention
+
+        cfg, tower = self.model.config, self.parts.vision_tower
+        param = next(tower.parameters())
+        out = tower(pixel_values=pixel_values.to(device=param.device, dtype=param.dtype), output_hidden_states=True)
+        hidden = out.hidden_states
+        feats = hidden[cfg.vision_feature_layer]
+        if cfg.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]
+        return feats.float().cpu(), cls_attention(tower, hidden, cfg.vision_feature_layer).float().cpu()
+
+    def project(self, features: Tensor) -> Tensor:
+        """Projector outputs (B, N, D_llm) = the LLM input embeddings of the visual tokens."""
+        proj = self.parts.projector
+        return proj(features.to(device=self.device, dtype=next(proj.parameters()).dtype))
+
+    # ---- text -----------------------------------------------------------------------------------------
+    def user_turn(self, prompt: str, answer: str | None = None) -> str:
+        """Chat-template text of one user turn (image first, as LLaVA does), ready for the assistant's answer."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return text if answer is None else text + answer
+
+    def token_row(self, prompt: str, n_visual: int) -> list[int]:
+        """Token ids of a user turn with its single image placeholder expanded to ``n_visual`` image tokens."""
+        image_id = self.image_token_id
+        ids = self.tokenizer(self.user_turn(prompt), add_special_tokens=False)["input_ids"]
+        if ids.count(image_id) != 1:
+            raise QAPrunerError(f"expected exactly one image placeholder in the prompt, found {ids.count(image_id)}")
+        at = ids.index(image_id)
+        return ids[:at] + [image_id] * n_visual + ids[at + 1 :]
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    def text_embeds(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """LLM input embeddings (B, T, D) and mask (B, T) of plain texts, left-padded (instruction relevance)."""
+        tok = self.tokenizer
+        rows = [tok(t, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for t in texts]
+        ids, mask = pad(rows, tok.pad_token_id)
+        return self.embed(ids), mask.to(self.device)
+
+    def splice(self, ids: Tensor, visual: Tensor) -> Tensor:
+        """LLM input embeddings: text embeddings with ``visual`` (B, k, D) written at the image-token positions."""
+        embeds = self.embed(ids)
+        where = ids.to(embeds.device) == self.image_token_id
+        counts = where.sum(1)
+        if not torch.all(counts == visual.shape[1]):
+            raise QAPrunerError(f"rows have {counts.tolist()} image tokens but {visual.shape[1]} visual embeddings")
+        return embeds.masked_scatter(where.unsqueeze(-1), visual.to(embeds.dtype))
+
+    def assemble(self, prompts: list[str], visual: Tensor) -> LMInputs:
+        """The decoder input of a batch: each prompt with its ``visual`` tokens (B, k, D), left-padded."""
+        rows = [self.token_row(p, visual.shape[1]) for p in prompts]
+        ids, mask = pad(rows, self.tokenizer.pad_token_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        where = ids == self.image_token_id
+        vpos = where.nonzero()[:, 1].view(ids.shape[0], visual.shape[1])
+        return LMInputs(self.splice(ids, visual), mask, position_ids(mask), vpos)
+
+    # ---- language model -------------------------------------------------------------------------------
+    def hidden_states(self, embeds: Tensor, mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """The decoder (the library's own forward, SDPA) over a whole sequence: last hidden states (B, L, D)."""
+        return self.parts.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids).last_hidden_state
+
+    def lm_head(self, hidden: Tensor) -> Tensor:
+        return self.parts.lm_head(hidden)
+
+    def last_logits(self, inputs: LMInputs) -> Tensor:
+        hidden = self.hidden_states(inputs.embeds, inputs.mask, inputs.position_ids)
+        return self.lm_head(hidden[:, -1])
+
+    def generate(self, inputs: LMInputs, max_new_tokens: int) -> list[str]:
+        tok = self.tokenizer
+        out = self.model.generate(inputs_embeds=inputs.embeds, attention_mask=inputs.mask,
+                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        return tok.batch_decode(out[:, -max_new_tokens:] if out.shape[1] > max_new_tokens else out,
+                                skip_special_tokens=True)
+
+    # ---- the hand-written decoder loop (in-LLM pruning) ------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.parts.layers)
+
+    def layer(self, i: int):
+        return self.parts.layers[i]
+
+    def decoder_state(self, hidden: Tensor, mask: Tensor, pos: Tensor) -> DecoderState:
+        lm = self.parts.lm
+        impl = getattr(getattr(lm, "config", None), "_attn_implementation", None)
+        if impl is not None and impl not in ("eager", "sdpa"):
+            raise QAPrunerError(f"In-LLM pruning needs attn_implementation 'sdpa' or 'eager', got {impl!r}.")
+        return DecoderState(hidden, mask, pos, additive_mask(mask, hidden.dtype), lm.rotary_emb(hidden, pos))
+
+    def run_layers(self, state: DecoderState, start: int, stop: int | None = None) -> DecoderState:
+        """Decoder layers ``start..stop-1`` with an explicit 4-D mask, so SDPA stays in use for every layer."""
+        hidden = state.hidden
+        for layer in self.parts.layers[start:stop]:
+            out = layer(hidden, attention_mask=state.mask4d, position_ids=state.position_ids,
+                        position_embeddings=state.position_embeddings, use_cache=False)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return DecoderState(hidden, state.mask, state.position_ids, state.mask4d, state.position_embeddings)
+
+    def head(self, hidden_last: Tensor) -> Tensor:
+        """Final norm + LM head of the last position(s): (B, 1, D) -> (B, V)."""
+        return self.lm_head(self.parts.norm(hidden_last))[:, 0]
+
+    # ---- quantization-aware signals -------------------------------------------------------------------
+    def matched_error(self, states: Tensor, layer: int = 0) -> Tensor:
+        """The deployed activation quantizer's per-token error at layer ``layer``'s q_proj (B, N)."""
+        from ..quant import activation_error
+
+        err = activation_error(self.layer(layer), states)
+        if err is None:
+            raise QAPrunerError("--sensitivity matched needs a quantized model (--quant) that quantizes activations; "
+                                "this model has no activation quantizer to match.")
+        return err
+
+    # ---- one batch, end to end ------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, features: Tensor, cls_attn: Tensor, prompts: list[str], questions: list[str],
+                pruner=None, generate: int = 0) -> Output:
+        """Answer a batch: last-position logits (``generate=0``) or ``generate`` greedy new tokens.
+
+        ``pruner``: a :class:`qapruner.prune.Pruner` or None (all visual tokens). Its context is built here
+        from the signals it asks for (``Pruner.needs``)."""
+        t0 = time.perf_counter()
+        visual = self.project(features)
+        n = visual.shape[1]
+        active = pruner is not None and not pruner.config.is_noop
+        keep = None
+        if active and pruner.location == "input":
+            keep = pruner.select(self.prune_context(pruner, visual, cls_attn, questions))
+            visual = gather_tokens(visual, keep)
+        inputs = self.assemble(prompts, visual)
+        t1 = time.perf_counter()
+        logits = texts = None
+        if active and pruner.location == "layer":
+            if generate:
+                raise QAPrunerError("In-LLM (FastV) pruning supports --mode choice only.")
+            from ..prune.inllm import prune_at_layer
+
+            base = self.prune_context(pruner, visual, cls_attn, questions, layer=pruner.config.layer_k)
+            logits, keep = prune_at_layer(self, inputs, pruner, base)
+        elif generate:
+            texts = self.generate(inputs, generate)
+        else:
+            logits = self.last_logits(inputs)
+        return Output(logits, texts, keep, n, {"select": t1 - t0, "prefill": time.perf_counter() - t1})
+
+    def prune_context(self, pruner, visual: Tensor, cls_attn: Tensor, questions: list[str], layer: int = 0):
+        """The :class:`PruneContext` fields ``pruner`` needs. In the LLM (``layer`` > 0 hosts) the visual
+        states and the attention are filled in at layer K by ``prune.inllm``; ``matched_error`` is then a
+        callable of those states."""
+        from ..prune import PruneContext
+
+        needs = pruner.needs
+        ctx = PruneContext(visual=visual, grid=self.grid)
+        if "cls_attn" in needs:
+            ctx.cls_attn = cls_attn.to(self.device)
+        if "text_embeds" in needs:
+            ctx.text_embeds, ctx.text_mask = self.text_embeds(questions)
+        if "matched_error" in needs:
+            if pruner.location == "input":
+                ctx.matched_error = self.matched_error(visual)
+            else:
+                ctx.matched_error = lambda states: self.matched_error(states, layer=layer)
+        return ctx
