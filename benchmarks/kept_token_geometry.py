@@ -1,5 +1,6 @@
 """Where do the kept tokens lie on Fashion-MNIST images? (explains the `cls` host's collapse)
 
+    tar -xJf docs/experiment/items.tar.xz -C docs/experiment    # the committed items are archived
     python benchmarks/kept_token_geometry.py docs/experiment/items/fashion-mnist__fp__*k0.125*.jsonl
 
 For every items file of a compare/eval run on fashion-mnist, prints per host the mean over items of:

@@ -4,24 +4,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from .commands import compare, perplexity, train
+from .commands import eval as evaluate
 from .errors import QAPrunerError
 
-COMMANDS = ["eval", "compare", "train", "perplexity"]
+COMMANDS = (evaluate, compare, train, perplexity)  # each has add_parser(subparsers) and run(args) -> int
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qapruner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"qapruner.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"qapruner.commands.{name}":
-                continue  # not built yet
-            raise
+    for module in COMMANDS:
         module.add_parser(sub)
     return parser
 

@@ -4,6 +4,7 @@ paired statistics, a Table-1-shaped report, plots and a kept-token gallery (docs
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .common import add_model_task_args
 
@@ -31,6 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--gallery", type=int, default=None, help="images in the kept-token gallery (default 4; 0: none)")
     p.add_argument("--bootstrap-reps", type=int, default=None, help="paired bootstrap resamples (default 10000)")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/compare)")
+    p.add_argument("--from-archive", default=None, metavar="DIR",
+                   help="no model: recompute the statistics of report DIR from its results.json and items.tar.xz "
+                        "and rewrite its results.json, reports and plots")
     # None = "not given", so a --config recipe can supply the value
     p.set_defaults(func=run, model=None, task=None, seed=None, batch_size=None, calib_samples=None)
 
@@ -56,16 +60,29 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..compare.pipeline import run_compare
     from ..compare.report import table1
-    from ..eval.runner import progress_bar
 
-    cfg = config_from_args(args)
     console = Console()
-    with progress_bar() as progress:
-        results = run_compare(cfg, argv=sys.argv[1:], progress=progress, log=progress.console.print)
+    if args.from_archive is not None:
+        from ..compare.archive import regenerate
+        from ..errors import QAPrunerError
+
+        if args.config or args.task is not None or any(getattr(args, k, None) is not None for k in CLI_KEYS):
+            raise QAPrunerError("--from-archive takes the report directory only; its options are in its results.json.")
+        results = regenerate(args.from_archive, log=console.print)
+        out = args.from_archive
+    else:
+        from ..compare.pipeline import run_compare
+        from ..runinfo import progress_bar
+        from .common import check_writable
+
+        cfg = config_from_args(args)
+        check_writable(Path(cfg.out) / "results.json")
+        with progress_bar() as progress:
+            results = run_compare(cfg, argv=sys.argv[1:], progress=progress, log=progress.console.print)
+        out = cfg.out
     header, rows = table1(results)
-    table = Table(title=f"accuracy (%) at keep {results['paper_keep']:g} · {cfg.model}")
+    table = Table(title=f"accuracy (%) at keep {results['paper_keep']:g} · {results['config']['model']}")
     for h in header:
         table.add_column(h)
     for r in rows:
@@ -73,5 +90,5 @@ def run(args) -> int:
     console.print(table)
     sig = sum(c["significant"] for c in results["comparisons"])
     console.print(f"{sig} of {len(results['comparisons'])} QA − host differences significant at p < 0.05 (exact McNemar)")
-    console.print(f"wrote {cfg.out}/results.json, report.md, report.html and {len(results['outputs']['plots'])} PNGs")
+    console.print(f"wrote {out}/results.json, report.md, report.html and {len(results['outputs']['plots'])} PNGs")
     return 0

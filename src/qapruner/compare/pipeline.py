@@ -6,14 +6,15 @@ import shlex
 import time
 from pathlib import Path
 
-from ..commands.common import write_json
+from ..io import write_json
+from .archive import pack, shares_of
 from .config import CompareConfig
 from .orchestrate import Backend, correctness, run_grid
 from .report import build_results, write_reports
 
 
 def environment_info() -> dict:
-    from ..eval.runner import environment
+    from ..runinfo import environment
 
     return environment()
 
@@ -32,12 +33,15 @@ def run_compare(cfg: CompareConfig, backend: Backend | None = None, argv: list[s
     results["wall"] = {"seconds": round(time.perf_counter() - start, 1), "configs_computed": grid["computed"],
                        "configs_reused": len(grid["configs"]) - grid["computed"]}
     results["outputs"] = write_outputs(results, out_dir, kept)
+    # items/ stays for resuming; the archive is what a committed report keeps (it shares what the old one shared)
+    results["archive"] = pack(out_dir, results, shares_of(out_dir))
     write_json(out_dir / "results.json", results)
     return results
 
 
-def write_outputs(results: dict, out_dir: Path, kept: dict) -> dict:
-    """Plots (PNG) and reports; returns {name: path relative to out_dir}."""
+def write_outputs(results: dict, out_dir: Path, kept: dict, reuse_gallery: bool = False) -> dict:
+    """Plots (PNG) and reports; returns {name: path relative to out_dir}. ``reuse_gallery``: list an existing
+    gallery.png that cannot be redrawn because its kept indices are missing (a partly archived report)."""
     from . import plots as P
 
     out_dir = Path(out_dir)
@@ -49,7 +53,8 @@ def write_outputs(results: dict, out_dir: Path, kept: dict) -> dict:
     if results["comparisons"]:
         P.qa_minus_host(results, out_dir / "qa_minus_host.png")
         figs["QA − host differences"] = "qa_minus_host.png"
-    if results.get("gallery") and P.gallery(results, out_dir / "gallery", kept, out_dir / "gallery.png"):
+    if results.get("gallery") and (P.gallery(results, out_dir / "gallery", kept, out_dir / "gallery.png")
+                                   or reuse_gallery and (out_dir / "gallery.png").is_file()):
         figs["Gallery: kept tokens (host, QA-host) and S^Q outliers"] = "gallery.png"
     md, html = write_reports(results, out_dir, figs)
     return {"plots": figs, "report_md": md.name, "report_html": html.name, "results": "results.json"}

@@ -173,10 +173,16 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
          f"Environment: python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
          f"{env.get('device')}, {env.get('cpu_threads')} threads. Created {results['created']}.", ""]
     wall = results.get("wall")
-    if wall:
+    if wall and wall.get("seconds") is not None:
         L += [f"Wall time of this invocation (grid and statistics, before plots): {wall['seconds'] / 60:.1f} min; "
               f"{wall['configs_computed']} configurations computed, {wall['configs_reused']} reused from earlier runs.",
               ""]
+    elif wall:  # added to results.json by hand: an estimate and where it comes from
+        L += [f"Wall time of this invocation: {wall.get('approx', 'not recorded')} ({wall['configs_computed']} "
+              f"configurations computed, {wall['configs_reused']} reused). Source: {wall.get('source', 'unknown')}.",
+              ""]
+    if results.get("missing_items"):  # added to results.json by hand: which per-item records are lost, and why
+        L += [results["missing_items"]["why"], ""]
     if cfg.get("notes"):
         L += [cfg["notes"].strip(), ""]
     tokens = next((c["visual_tokens"] for c in results["configs"] if c["keep"] == k and c.get("visual_tokens")), None)

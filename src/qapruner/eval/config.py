@@ -38,6 +38,8 @@ class EvalConfig:
             object.__setattr__(self, "quant", QuantConfig.from_preset(self.quant))
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit <= 0):
             raise QAPrunerError(f"--limit must be a positive number of items, got {self.limit}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise QAPrunerError(f"--seed must be a non-negative integer, got {self.seed!r}.")
         if self.mode not in MODES:
             raise QAPrunerError(f"Unknown --mode '{self.mode}'; choose 'choice' or 'generate'.")
         for name in ("batch_size", "calib_samples", "max_new_tokens"):

@@ -110,13 +110,8 @@ class LlavaAdapter:
         """Located afresh each time: quantization replaces modules inside the model."""
         return lm_parts(self.model)
 
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    tokenizer = property(lambda self: self.processor.tokenizer)
+    device = property(lambda self: next(self.model.parameters()).device)
 
     @property
     def image_token_id(self) -> int:
@@ -126,8 +121,7 @@ class LlavaAdapter:
     def n_visual(self) -> int:
         return int(self.model.config.image_seq_length)
 
-    def with_model(self, model) -> "LlavaAdapter":
-        """The same adapter around another copy of the model (e.g. a quantized one)."""
+    def with_model(self, model) -> "LlavaAdapter":  # e.g. a quantized copy
         return LlavaAdapter(model, self.processor, self.key, self.name, self.grid)
 
     # ---- vision ---------------------------------------------------------------------------------------

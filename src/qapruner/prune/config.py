@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from qapruner.errors import QAPrunerError
 from qapruner.prune.hosts import HOSTS
 
-SENSITIVITIES = ("paper", "matched")
+Sensitivity = Literal["paper", "matched"]
+SENSITIVITIES = get_args(Sensitivity)
 
 
 def num_keep(keep: float, n: int) -> int:
@@ -28,7 +30,7 @@ class PruneConfig:
     keep: float  # ratio in (0, 1]; 1.0 keeps everything
     qa: bool = False  # quantization-aware variant (fuse the host score with S^Q)
     alpha: float | str = 0.7  # weight of the host score, float in [0, 1] or "dynamic"
-    sensitivity: str = "paper"  # "paper": simulated INT{bits}/G{group_size}; "matched": ctx.matched_error
+    sensitivity: Sensitivity = "paper"  # "paper": simulated INT{bits}/G{group_size}; "matched": ctx.matched_error
     bits: int = 4
     group_size: int = 128
     layer_k: int = 2  # LLM layer whose input is pruned in the in-LLM (FastV) location

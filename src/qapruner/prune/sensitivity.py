@@ -9,6 +9,11 @@ multiple of it (the testbed's D = 576 with G = 128), the last, shorter group (57
 own absmax scale, exactly as a full group would. (Implemented by zero-padding: zeros never raise a group's
 absmax and quantize to 0 with zero error, so the padded result equals the partial-group rule.)
 Everything is computed in float32 whatever the input dtype.
+
+This simulation is deliberately the paper's, not the engine's quantizer (``quant.quantizer``): the paper
+divides by ``s + eps`` and gives a partial last group its own scale, while the engine's symmetric absmax
+divides by ``s`` exactly and requires the group size to divide D. ``--sensitivity matched`` uses the
+deployed engine quantizer instead (``quant.activation_error``).
 """
 
 from __future__ import annotations

@@ -111,8 +111,8 @@ def gptq_language_model(parts: LMParts, targets: dict[str, QuantLinear], calib: 
                     h.remove()
             for n, acc in accs.items():
                 ql = targets[f"{prefix}.{n}"]
-                ql.weight.data = gptq_quantize_weight(ql.weight.data, acc.h, config.weight, config.gptq)
-                ql.weight_quantized, ql.wbits = True, config.weight.bits
+                ql.set_quantized_weight(gptq_quantize_weight(ql.weight.data, acc.h, config.weight, config.gptq),
+                                        config.weight.bits)
         inps = [run_layer(layer, x, kw) for x, kw in zip(inps, kws)]
 
 
@@ -185,8 +185,8 @@ def quantize_(model: nn.Module, config: QuantConfig | str, calib: list[dict] | N
                     gptq_language_model(parts, lm_layer_targets, calib, config, progress)
             for ql in rtn_targets.values():
                 w = config.weight
-                ql.weight.data = quantize_weight_rtn(ql.weight.data, w.bits, w.sym, w.group_size, w.clip_search)
-                ql.weight_quantized, ql.wbits = True, w.bits
+                ql.set_quantized_weight(quantize_weight_rtn(ql.weight.data, w.bits, w.sym, w.group_size, w.clip_search),
+                                        w.bits)
 
         static = [q.act_quant for q in target_q.values() if q.act_quant.cfg.enabled and q.act_quant.cfg.granularity == "tensor"]
         if static:

@@ -27,13 +27,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
 
 from ..errors import QAPrunerError
 from .quantizer import check_bits
 
-WEIGHT_METHODS = ("rtn", "gptq")
-ROTATIONS = (None, "hadamard", "random")
-ACT_GRANULARITIES = ("token", "tensor", "group")
+Method = Literal["rtn", "gptq"]
+Rotation = Literal["hadamard", "random"]
+Granularity = Literal["token", "tensor", "group"]
+WEIGHT_METHODS = get_args(Method)
+ROTATIONS = (None, *get_args(Rotation))
+ACT_GRANULARITIES = get_args(Granularity)
 
 DEFAULT_INCLUDE = None  # None = the language model's decoder-layer linears (q, k, v, o, gate, up, down)
 
@@ -59,7 +63,7 @@ class WeightQuantConfig:
 class ActQuantConfig:
     bits: int = 16
     sym: bool = False
-    granularity: str = "token"  # token (dynamic) | tensor (static, calibrated) | group (dynamic, per token)
+    granularity: Granularity = "token"  # token (dynamic) | tensor (static, calibrated) | group (dynamic, per token)
     group_size: int | None = None  # only for granularity="group"
     clip_ratio: float = 1.0  # dynamic scales: range multiplied by this; static: upper bound of the MSE search
 
@@ -89,8 +93,8 @@ class GPTQConfig:
 class QuantConfig:
     weight: WeightQuantConfig = field(default_factory=WeightQuantConfig)
     act: ActQuantConfig = field(default_factory=ActQuantConfig)
-    method: str = "rtn"  # rtn | gptq
-    rotation: str | None = None  # None | hadamard | random
+    method: Method = "rtn"
+    rotation: Rotation | None = None
     online_hadamard: bool = True  # with a rotation: online Hadamard before down_proj
     smooth: float | None = None  # SmoothQuant alpha, None = off
     kv_bits: int = 16

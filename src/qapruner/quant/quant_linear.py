@@ -111,6 +111,13 @@ class QuantLinear(nn.Module):
         self.weight_quantized = False
         self.wbits = 16
 
+    def set_quantized_weight(self, weight: torch.Tensor, bits: int) -> None:
+        """Install the (fake-)quantized weight a weight method computed, and record its bit width."""
+        if tuple(weight.shape) != tuple(self.weight.shape):
+            raise QAPrunerError(f"Quantized weight has shape {tuple(weight.shape)}, expected {tuple(self.weight.shape)}.")
+        self.weight.data = weight.to(self.weight.dtype)
+        self.weight_quantized, self.wbits = True, bits
+
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_transform(x) if self.input_transform is not None else x
 

@@ -38,10 +38,13 @@ class Task:
 
     def subset(self, limit: int | None, seed: int = 0) -> "Task":
         """A fixed, seeded subset of ``limit`` items, stratified by answer (proportional allocation)."""
-        if limit is None or limit >= len(self.items):
-            return self
-        if limit <= 0:
+        if limit is not None and limit <= 0:
             raise QAPrunerError(f"--limit must be a positive number of items, got {limit}.")
+        if limit is not None and limit > len(self.items):
+            raise QAPrunerError(f"--limit {limit} exceeds the {len(self.items)} items of task '{self.name}'; "
+                                "omit --limit to evaluate all of them.")
+        if limit is None or limit == len(self.items):
+            return self
         items = stratified_subset(self.items, limit, seed)
         meta = dict(self.meta, subset=f"{limit} of {len(self.items)} items, stratified by answer, seed {seed}")
         return Task(self.name, items, self.image_count, self.load_image, self.cache_key, meta)

@@ -1,0 +1,121 @@
+"""compare's items archive: pack → read round trip, deterministic bytes, sharing with another report's archive,
+and a report regenerated from its archive alone (fake backend from test_compare, so no model; a few seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from test_compare import ENV, FakeBackend, cfg_for, crafted_outcome
+
+from qapruner.compare.archive import ARCHIVE, pack, pack_report, read_records, regenerate
+from qapruner.compare.pipeline import run_compare
+from qapruner.errors import QAPrunerError
+
+QUIET = dict(log=lambda *a: None, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """Two finished reports side by side, made once: base (alpha 0.7) and other (alpha 0.5: only QA rows differ)."""
+    root = tmp_path_factory.mktemp("reports")
+    return {name: run_compare(cfg_for(root, out=str(root / name), alpha=alpha), FakeBackend(crafted_outcome), **QUIET)
+            for name, alpha in (("base", 0.7), ("other", 0.5))}, root
+
+
+def report(made, tmp_path, name="base") -> tuple[Path, dict]:
+    """A private copy of a made report (tests change them)."""
+    results, root = made
+    if not (tmp_path / name).exists():
+        shutil.copytree(root / name, tmp_path / name)
+    return tmp_path / name, json.loads(json.dumps(results[name]))
+
+
+def test_round_trip_gives_the_records_on_disk(made, tmp_path):
+    out, res = report(made, tmp_path)
+    assert res["archive"]["file"] == ARCHIVE and "shared" not in res["archive"]
+    assert json.loads((out / "results.json").read_text())["archive"] == res["archive"]
+    records = read_records(out)
+    assert set(records) == {c["id"] for c in res["configs"]}
+    for cid, rec in records.items():
+        jsonl = out / "items" / f"{cid}.jsonl"
+        header, *rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        assert rec["header"] == header and rec["rows"] == rows
+        assert rec["summary"] == json.loads((out / "items" / f"{cid}.summary.json").read_text())
+
+
+def test_packing_is_deterministic(made, tmp_path):
+    out, res = report(made, tmp_path)
+    first = (out / ARCHIVE).read_bytes()
+    for p in (out / "items").iterdir():  # new mtimes and a different directory order must not matter
+        os.utime(p, (1e9, 1e9))
+    assert pack(out, res) == res["archive"] and (out / ARCHIVE).read_bytes() == first
+
+
+def test_regenerate_from_archive_alone_gives_the_same_statistics(made, tmp_path):
+    out, res = report(made, tmp_path)
+    md = (out / "report.md").read_text()
+    shutil.rmtree(out / "items")
+    (out / "gallery.png").unlink()
+    # spoil what must be recomputed, so that equality below proves it was
+    doc = json.loads((out / "results.json").read_text())
+    for c in doc["configs"]:
+        c.update(correct=0, accuracy=0.0, ci95=[0.0, 0.0])
+    for c in doc["comparisons"]:
+        c.update(diff=0.0, p_value=1.0, p_holm=1.0, b_only=0, ci95=[0.0, 0.0])
+    (out / "results.json").write_text(json.dumps(doc))
+    again = regenerate(out, log=lambda *a: None)
+    assert again["comparisons"] == res["comparisons"]
+    assert again["configs"] == res["configs"]
+    assert json.loads((out / "results.json").read_text()) == res
+    assert (out / "report.md").read_text() == md and (out / "gallery.png").is_file()
+
+
+def test_shared_configurations_are_referenced_not_copied(made, tmp_path):
+    base, _ = report(made, tmp_path, "base")
+    out, res = report(made, tmp_path, "other")
+    entry = pack_report(out, share=[base])
+    ref = entry["shared"]["../base/items.tar.xz"]
+    qa = {c["id"] for c in res["configs"] if c["qa"]}
+    assert set(ref["configs"]) == {c["id"] for c in res["configs"]} - qa
+    assert (out / ARCHIVE).stat().st_size < (base / ARCHIVE).stat().st_size
+    assert set(read_records(out)) == {c["id"] for c in res["configs"]}
+    # a rerun into the same directory keeps sharing what the last archive shared
+    rerun = run_compare(cfg_for(tmp_path, out=str(out), alpha=0.5), FakeBackend(crafted_outcome), **QUIET)
+    assert rerun["archive"] == entry
+    shutil.rmtree(out / "items")
+    assert regenerate(out, log=lambda *a: None)["comparisons"] == res["comparisons"]
+    # the shared archive changed: one sentence saying so
+    (base / ARCHIVE).write_bytes((base / ARCHIVE).read_bytes()[:-1] + b"\0")
+    with pytest.raises(QAPrunerError, match=r"base/items.tar.xz' does not match the sha256"):
+        regenerate(out)
+
+
+def test_corrupt_or_missing_archive_is_one_sentence(made, tmp_path):
+    out, _ = report(made, tmp_path)
+    data = bytearray((out / ARCHIVE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / ARCHIVE).write_bytes(bytes(data))
+    with pytest.raises(QAPrunerError) as err:
+        regenerate(out)
+    msg = str(err.value)
+    assert "does not match the sha256 recorded in results.json" in msg and msg.count(". ") == 0
+    (out / ARCHIVE).unlink()
+    with pytest.raises(QAPrunerError, match="does not exist"):
+        regenerate(out)
+    with pytest.raises(QAPrunerError, match="results.json' does not exist"):
+        regenerate(tmp_path / "nowhere")
+
+
+def test_cli_from_archive_takes_the_directory_only(made, tmp_path):
+    from qapruner.cli import build_parser
+
+    out, _ = report(made, tmp_path)
+    args = build_parser().parse_args(["compare", "--from-archive", str(out)])
+    assert args.func(args) == 0
+    args = build_parser().parse_args(["compare", "--from-archive", str(out), "--limit", "3"])
+    with pytest.raises(QAPrunerError, match="--from-archive takes the report directory only"):
+        args.func(args)

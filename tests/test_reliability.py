@@ -1,0 +1,127 @@
+"""Results a user can trust: nothing reused across configurations, nonsense rejected before anything is written,
+and every rejected input is one sentence with a non-zero exit (a property-based fuzz of the eval CLI)."""
+
+import json
+from dataclasses import fields
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qapruner.cli import build_parser, main
+from qapruner.eval.config import EvalConfig
+from qapruner.prune import PruneConfig
+
+PRUNE_OPTIONS = {"prune": "host", "keep": "keep", "qa": "qa", "alpha": "alpha", "sensitivity": "sensitivity",
+                 "layer_k": "layer_k"}
+NOT_A_PREDICTION = {"out", "func", "command", "help"}  # where results go, and argparse's own
+
+
+def _eval_dests() -> set[str]:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {a.dest for a in sub.choices["eval"]._actions} - NOT_A_PREDICTION
+
+
+def test_every_eval_option_is_part_of_the_resolved_config():
+    """An option added to ``qapruner eval`` must reach EvalConfig (or PruneConfig), so that it is in the resume
+    key; this fails when someone adds an option and forgets it."""
+    config_fields = {f.name for f in fields(EvalConfig)}
+    prune_fields = {f.name for f in fields(PruneConfig)}
+    for dest in _eval_dests():
+        assert dest in config_fields or (dest in PRUNE_OPTIONS and PRUNE_OPTIONS[dest] in prune_fields), dest
+
+
+def test_resume_key_holds_every_field_but_the_declared_ones():
+    cfg = EvalConfig(quant="w4a4-static", mode="generate")
+    assert set(cfg.key()) == {f.name for f in fields(EvalConfig)} - set(EvalConfig.NOT_IN_KEY)
+    base = cfg.key()
+    for change in ({"blank_image": True}, {"calib_samples": 8}, {"seed": 1}, {"limit": 5}, {"max_new_tokens": 3},
+                   {"prune": PruneConfig("cls", 0.5, qa=True, alpha="dynamic")}, {"model": "testbed:x"}):
+        assert EvalConfig(**{**cfg.describe(), "quant": "w4a4-static", **change}).key() != base, change
+    assert EvalConfig(quant="w4a4-static", mode="generate", batch_size=3).key() == base
+    # options a run does not use do not split it: calibration size without a calibrating preset
+    assert EvalConfig(calib_samples=4).key() == EvalConfig(calib_samples=8).key()
+    assert (EvalConfig(prune=PruneConfig("cls", 0.5, alpha=0.3, qa=True)).key()
+            != EvalConfig(prune=PruneConfig("cls", 0.5, alpha=0.4, qa=True)).key())
+
+
+def _eval(tiny_llava_dir, tiny_jsonl, out, *extra):
+    return main(["eval", "--model", str(tiny_llava_dir), "--task", f"jsonl:{tiny_jsonl}", "--out", str(out), *extra])
+
+
+def test_blank_image_and_calibration_runs_never_reuse_other_items(tiny_llava_dir, tiny_jsonl, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert _eval(tiny_llava_dir, tiny_jsonl, out) == 0
+    assert _eval(tiny_llava_dir, tiny_jsonl, out, "--blank-image") == 2
+    assert "different configuration" in capsys.readouterr().err
+    assert _eval(tiny_llava_dir, tiny_jsonl, tmp_path / "s.json", "--quant", "w4a8-static", "--calib-samples", "2") == 0
+    assert _eval(tiny_llava_dir, tiny_jsonl, tmp_path / "s.json", "--quant", "w4a8-static",
+                 "--calib-samples", "4") == 2
+    assert "different configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--prune", "cls", "--keep", "1.5"], "Keep ratio must be a number in (0, 1]"),
+    (["--quant", ""], "preset is empty"),
+    (["--limit", "1000000000"], "exceeds the 12 items"),
+    (["--prune", "fastv", "--keep", "0.5", "--layer-k", "99"], "--layer-k 99 is outside"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+])
+def test_nonsense_is_rejected_before_anything_is_written(tiny_llava_dir, tiny_jsonl, tmp_path, capsys, extra, message):
+    out = tmp_path / "r.json"
+    assert _eval(tiny_llava_dir, tiny_jsonl, out, *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # no summary, no header-only items file
+
+
+def test_out_under_a_regular_file_is_one_sentence(tiny_llava_dir, tiny_jsonl, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for argv in (["eval", "--out", str(tmp_path / "file" / "r.json")],
+                 ["compare", "--limit", "2", "--out", str(tmp_path / "file" / "dir")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("qapruner: error: Cannot write") and err.count("\n") == 1
+
+
+OPTION_VALUES = {
+    "--task": st.sampled_from(["easy-vqa", "nope", "jsonl:", "jsonl:{jsonl}", "fashion-mnist:x"]),
+    "--limit": st.integers(-5, 10**9).map(str),
+    "--seed": st.integers(-3, 3).map(str),
+    "--quant": st.sampled_from(["", "w4a4", "w4a4-rot-gptq", "w9", "fp", "w4a4-static", "w3a16-foo", " "]),
+    "--prune": st.sampled_from(["cls", "fastv", "cdpruner", "random", "nope", ""]),
+    "--keep": st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    "--alpha": st.sampled_from(["0.7", "dynamic", "-1", "2", "nan", "x"]),
+    "--layer-k": st.integers(-3, 100).map(str),
+    "--batch-size": st.integers(-2, 64).map(str),
+    "--calib-samples": st.integers(-2, 64).map(str),
+    "--mode": st.sampled_from(["choice", "generate"]),
+}
+FLAGS = ["--qa", "--blank-image"]
+BROKEN_LINES = ['{"image": "missing.png", "question": "q", "answer": "a"}', "{not json", "[]", '""',
+                '{"image": "img.png", "question": "q", "choices": ["a", "A"], "answer": "a"}',
+                '{"image": "img.png", "question": "q", "choices": ["a", "b"], "answer": "c"}',
+                '{"image": "img.png", "question": "q", "answer": "a", "scoring": "bogus"}', ""]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(options=st.dictionaries(st.sampled_from(sorted(OPTION_VALUES)), st.just(None), max_size=6).flatmap(
+           lambda d: st.fixed_dictionaries({k: OPTION_VALUES[k] for k in d})),
+       flags=st.lists(st.sampled_from(FLAGS), unique=True), lines=st.lists(st.sampled_from(BROKEN_LINES), max_size=3))
+def test_cli_fuzz_rejects_in_one_sentence_and_writes_nothing(tmp_path_factory, capsys, options, flags, lines):
+    """Random values for every option and random broken JSONL lines, against a model path that does not exist:
+    every run must end in one sentence and a non-zero exit, with nothing written."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("fuzz")
+    Image.new("RGB", (8, 8)).save(root / "img.png")
+    good = json.dumps({"image": "img.png", "question": "q", "choices": ["a", "b"], "answer": "a"})
+    (root / "t.jsonl").write_text("\n".join([good, *lines]) + "\n")
+    argv = ["eval", "--model", str(root / "no-model"), "--out", str(root / "out" / "r.json")]
+    for k, v in options.items():
+        argv.append(f"{k}={v.replace('{jsonl}', str(root / 't.jsonl'))}")  # "=": values may start with "-"
+    rc = main(argv + flags)
+    err = capsys.readouterr().err
+    assert rc == 2, (argv, err)
+    assert err.startswith("qapruner: error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert not (root / "out").exists()
