@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from qapruner.eval.runner import EvalConfig, Evaluator, environment
-from qapruner.models.adapter import tokenize_with_visual, user_turn
+from qapruner.eval.config import EvalConfig
+from qapruner.eval.runner import Evaluator
 from qapruner.models.registry import load_model
+from qapruner.runinfo import environment
 from qapruner.prune import HOSTS, PruneConfig
 from qapruner.tasks import load_task
 
@@ -36,22 +37,21 @@ def main() -> None:
     task = load_task(args.task).subset(args.items + args.batch_size, seed=1)
     if args.quant:
         from qapruner.eval.prepare import quantized_copy
+        from qapruner.quant import QuantConfig
 
-        loaded, _ = quantized_copy(loaded, args.quant, task)
-    ev = Evaluator(loaded, args.quant)
+        loaded, _ = quantized_copy(loaded, QuantConfig.from_preset(args.quant), task)
+    ev = Evaluator(loaded)
     ev.cache(task).ensure(sorted({it.image for it in task.items}))
     warm = type(task)(task.name, task.items[: args.batch_size], task.image_count, task.load_image, task.cache_key)
     timed = type(task)(task.name, task.items[args.batch_size :], task.image_count, task.load_image, task.cache_key)
-    tok, img_id = loaded.tokenizer, loaded.model.config.image_token_index
-    lengths = lambda k: sum(len(tokenize_with_visual(tok, user_turn(loaded.processor, it.prompt), img_id, k))
-                            for it in timed.items)
-    n = loaded.model.config.image_seq_length
+    lengths = lambda k: sum(len(loaded.token_row(it.prompt, k)) for it in timed.items)
+    n = loaded.n_visual
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         configs = [("dense", None)] + [(h, PruneConfig(h, args.keep)) for h in HOSTS] + \
                   [(h + "+QA", PruneConfig(h, args.keep, qa=True)) for h in HOSTS]
         for name, prune in configs:
-            cfg = EvalConfig(quant=args.quant, prune=prune, batch_size=args.batch_size)
+            cfg = EvalConfig(task=args.task, quant=args.quant, prune=prune, batch_size=args.batch_size)
             ev.run(warm, cfg, Path(tmp) / f"warm-{name}.jsonl")
             s = ev.run(timed, cfg, Path(tmp) / f"{name}.jsonl")
             rows.append({"config": name, "select_s": s["timing"]["select_s"], "prefill_s": s["timing"]["prefill_s"],

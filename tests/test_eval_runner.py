@@ -29,7 +29,7 @@ def test_spliced_input_equals_hf_llava_forward(loaded, tiny_jsonl):
     task = load_task(f"jsonl:{tiny_jsonl}")
     model, proc = loaded.model, loaded.processor
     text = loaded.user_turn(task.items[0].prompt)
-    enc = proc(images=[task.load_image(0)], text=[text], return_tensors="pt")
+    enc = proc(images=[task.load_image(0)], text=[text], return_tensors="pt").to(loaded.device)
     with torch.no_grad():
         ref = model(**enc).logits[0, -1]
         feats, _ = loaded.encode(enc["pixel_values"])

@@ -119,7 +119,7 @@ def train_projector(cfg: TrainConfig) -> dict:
                 pos = [(i, t0 - 1 + j) for i, (t0, ans) in enumerate(targets) for j in range(len(ans))]
                 gold = torch.tensor([tok for _, ans in targets for tok in ans])
                 h = hidden[[p[0] for p in pos], [p[1] for p in pos]]
-                logits = adapter.lm_head(h).float()
+                logits = adapter.logits(h).float()
             loss = torch.nn.functional.cross_entropy(logits, gold)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -57,16 +57,17 @@ def run(args) -> int:
     from ..eval.prepare import quantized_copy
     from ..eval.runner import Evaluator
     from ..io import write_json
-    from ..models.registry import load_model
+    from ..models.registry import check_model_spec, load_model
     from ..runinfo import config_hash, environment, progress_bar
     from ..tasks import load_task
 
     cfg = eval_config(args)
+    out = Path(args.out) if args.out else Path("runs") / f"eval-{config_hash(cfg.key())}.json"
+    check_writable(out)  # the cheap checks first: where results go, whether the model exists
+    check_model_spec(cfg.model)
     task = load_task(cfg.task).subset(cfg.limit, cfg.seed)
     if cfg.blank_image:
         task = task.blank()
-    out = Path(args.out) if args.out else Path("runs") / f"eval-{config_hash(cfg.key())}.json"
-    check_writable(out)
     adapter = load_model(cfg.model)
     cfg.check_model(adapter)
     quant_info = None

@@ -194,12 +194,13 @@ class LlavaAdapter:
         """The decoder (the library's own forward, SDPA) over a whole sequence: last hidden states (B, L, D)."""
         return self.parts.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids).last_hidden_state
 
-    def lm_head(self, hidden: Tensor) -> Tensor:
-        return self.parts.lm_head(hidden)
+    def logits(self, hidden: Tensor) -> Tensor:
+        """The LM head over hidden states (..., D) -> (..., V)."""
+        return self.parts.head(hidden)
 
     def last_logits(self, inputs: LMInputs) -> Tensor:
         hidden = self.hidden_states(inputs.embeds, inputs.mask, inputs.position_ids)
-        return self.lm_head(hidden[:, -1])
+        return self.logits(hidden[:, -1])
 
     def generate(self, inputs: LMInputs, max_new_tokens: int) -> list[str]:
         tok = self.tokenizer
@@ -234,7 +235,7 @@ class LlavaAdapter:
 
     def head(self, hidden_last: Tensor) -> Tensor:
         """Final norm + LM head of the last position(s): (B, 1, D) -> (B, V)."""
-        return self.lm_head(self.parts.norm(hidden_last))[:, 0]
+        return self.logits(self.parts.norm(hidden_last))[:, 0]
 
     # ---- quantization-aware signals -------------------------------------------------------------------
     def matched_error(self, states: Tensor, layer: int = 0) -> Tensor:

@@ -18,7 +18,7 @@ class LMParts:
     model: nn.Module  # the top-level model (what quantize_ modifies)
     lm: nn.Module  # the LlamaModel-like decoder (embed_tokens, layers, norm, rotary_emb)
     lm_prefix: str  # module name of ``lm`` inside ``model`` ("model" or "model.language_model")
-    lm_head: nn.Module
+    head: nn.Module  # the LM head (vocabulary projection)
     projector: nn.Module | None  # LLaVA multi_modal_projector
     vision_tower: nn.Module | None
     text_config: object

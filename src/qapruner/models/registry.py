@@ -15,7 +15,17 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_model_spec(spec: str) -> None:
+    """The checks of ``--model`` that need no loading: a testbed asset or a local path must exist."""
+    if spec.startswith("testbed:") and not Path(spec[len("testbed:"):]).is_file():
+        raise QAPrunerError(f"Projector asset {spec[len('testbed:'):]} does not exist.")
+    if spec != "testbed" and not spec.startswith("testbed:") and _looks_like_path(spec) \
+            and not Path(spec).expanduser().exists():
+        raise QAPrunerError(f"Model path '{spec}' does not exist.")
+
+
 def load_model(spec: str = "testbed", device: torch.device | None = None) -> LlavaAdapter:
+    check_model_spec(spec)
     device = device or default_device()
     if spec == "testbed" or spec.startswith("testbed:"):
         # "testbed:PATH" = the testbed with another projector/LoRA asset (e.g. a training checkpoint)
@@ -41,8 +51,6 @@ def load_testbed_adapter(projector: Path | None, name: str = "testbed") -> Llava
 def _load_llava(spec: str, device: torch.device) -> LlavaAdapter:
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
-    if _looks_like_path(spec) and not Path(spec).expanduser().exists():
-        raise QAPrunerError(f"Model path '{spec}' does not exist.")
     try:
         config = AutoConfig.from_pretrained(spec)
     except (OSError, ValueError) as exc:

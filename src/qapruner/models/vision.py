@@ -109,9 +109,11 @@ def cls_attention(tower: torch.nn.Module, hidden_states: tuple, feature_layer: i
     block = encoder.layer[block_idx] if hasattr(encoder, "layer") else encoder.layers[block_idx]
     norm = getattr(block, "norm1", None) or getattr(block, "layer_norm1")
     attn = getattr(block, "attention", None) or getattr(block, "self_attn")
+    attn = getattr(attn, "attention", attn)  # transformers < 5.2x: Dinov2Attention.attention.{query,key}
+    q_proj, k_proj = getattr(attn, "q_proj", None) or attn.query, getattr(attn, "k_proj", None) or attn.key
     h = norm(hidden_states[block_idx])
     b, t, _ = h.shape
     heads = tower.config.num_attention_heads
-    q = attn.q_proj(h[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
-    k = attn.k_proj(h).view(b, t, heads, -1).transpose(1, 2)
+    q = q_proj(h[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
+    k = k_proj(h).view(b, t, heads, -1).transpose(1, 2)
     return torch.softmax((q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5, dim=-1).mean(1)[:, 0, 1:]

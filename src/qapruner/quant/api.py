@@ -31,7 +31,7 @@ def default_targets(parts: LMParts) -> list[str]:
 
 def select_targets(model: nn.Module, parts: LMParts, config: QuantConfig) -> list[str]:
     """Names of the linears to quantize: the LM decoder linears by default; ``include`` globs (fnmatch on
-    full module names, e.g. ``"lm_head"``, ``"model.multi_modal_projector.*"``) replace the default set and
+    full module names, e.g. the head or projector by their module names, see docs/quantization.md) replace the default set and
     ``exclude`` globs remove names from it."""
     linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, QuantLinear))]
     if config.include is None:
@@ -69,7 +69,7 @@ def _progress_iter(progress, it, total, desc):
 
 
 @torch.no_grad()
-def gptq_language_model(parts: LMParts, targets: dict[str, QuantLinear], calib: list[dict], config: QuantConfig,
+def gptq_decoder(parts: LMParts, targets: dict[str, QuantLinear], calib: list[dict], config: QuantConfig,
                         progress=None) -> None:
     """Sequential GPTQ: capture layer-0 inputs from real full-model forwards, then layer by layer collect
     the Hessians of the target linears, quantize them, and feed the quantized layer's outputs on."""
@@ -182,7 +182,7 @@ def quantize_(model: nn.Module, config: QuantConfig | str, calib: list[dict] | N
                 n: q for n, q in target_q.items() if n not in lm_layer_targets}
             with _acts_disabled(model):
                 if config.method == "gptq" and lm_layer_targets:
-                    gptq_language_model(parts, lm_layer_targets, calib, config, progress)
+                    gptq_decoder(parts, lm_layer_targets, calib, config, progress)
             for ql in rtn_targets.values():
                 w = config.weight
                 ql.set_quantized_weight(quantize_weight_rtn(ql.weight.data, w.bits, w.sym, w.group_size, w.clip_search),

@@ -13,8 +13,8 @@ from ..models.parts import LMParts
 def untie_embeddings(parts: LMParts) -> None:
     """Give the head its own weight (a copy) and mark the configs untied, so rotation can change the two
     independently and a later ``tie_weights()`` does not tie them again."""
-    if parts.lm_head.weight is parts.embed.weight or parts.lm_head.weight.data_ptr() == parts.embed.weight.data_ptr():
-        parts.lm_head.weight = nn.Parameter(parts.embed.weight.detach().clone())
+    if parts.head.weight is parts.embed.weight or parts.head.weight.data_ptr() == parts.embed.weight.data_ptr():
+        parts.head.weight = nn.Parameter(parts.embed.weight.detach().clone())
     for cfg in {id(parts.model.config): parts.model.config, id(parts.text_config): parts.text_config}.values():
         if getattr(cfg, "tie_word_embeddings", False):
             cfg.tie_word_embeddings = False

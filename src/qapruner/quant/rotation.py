@@ -4,12 +4,12 @@ Row-vector convention: a linear computes ``y = x Wᵀ + b`` with ``W`` of shape 
 residual stream is ``x' = x Q`` for an orthogonal ``Q`` (D×D).
 
 1. Fuse every RMSNorm scale into the linears that read it: ``W ← W diag(g)``, ``g ← 1``
-   (input_layernorm → q/k/v, post_attention_layernorm → gate/up, final norm → lm_head). RMSNorm without a
+   (input_layernorm → q/k/v, post_attention_layernorm → gate/up, final norm → LM head). RMSNorm without a
    scale commutes with an orthogonal Q (the RMS of a vector is rotation invariant).
 2. Writers of the residual stream get their *output* rotated: ``W ← Qᵀ W``, ``b ← b Q`` for o_proj,
    down_proj and, in LLaVA, the projector's ``linear_2`` (its output is added to the residual stream as
    visual tokens); the embedding table ``E ← E Q``.
-3. Readers get their *input* rotated: ``W ← W Q`` for q/k/v, gate/up, lm_head (which is untied from the
+3. Readers get their *input* rotated: ``W ← W Q`` for q/k/v, gate/up, the LM head (which is untied from the
    embeddings first).
 4. Optionally, an online Hadamard ``H`` (Kronecker-factored, :class:`OnlineHadamard`) on the inputs of
    down_proj and o_proj, with ``W ← W H`` offline, so ``(x H)(W H)ᵀ = x Wᵀ``. This spreads outliers in the
@@ -46,7 +46,7 @@ def fuse_norms(parts: LMParts) -> None:
         a, m = layer.self_attn, layer.mlp
         _fuse_norm(layer.input_layernorm, [a.q_proj, a.k_proj, a.v_proj])
         _fuse_norm(layer.post_attention_layernorm, [m.gate_proj, m.up_proj])
-    _fuse_norm(parts.norm, [parts.lm_head])
+    _fuse_norm(parts.norm, [parts.head])
 
 
 def _rotate_input(lin: nn.Module, q: torch.Tensor) -> None:
@@ -96,7 +96,7 @@ def rotate_model(parts: LMParts, kind: str, seed: int = 0,
             _rotate_input(lin, q)
         for lin in (a.o_proj, m.down_proj):
             _rotate_output(lin, q)
-    _rotate_input(parts.lm_head, q)
+    _rotate_input(parts.head, q)
 
     online: dict[str, OnlineHadamard] = {}
     if online_hadamard:
