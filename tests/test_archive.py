@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from test_compare import ENV, FakeBackend, cfg_for, crafted_outcome
 
-from qapruner.compare.archive import ARCHIVE, pack, pack_report, read_records, regenerate
+from qapruner.compare.archive import ARCHIVE, pack, pack_report, read_records
+from qapruner.compare.regenerate import regenerate
 from qapruner.compare.pipeline import run_compare
 from qapruner.errors import QAPrunerError
 

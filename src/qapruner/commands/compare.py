@@ -64,7 +64,7 @@ def run(args) -> int:
 
     console = Console()
     if args.from_archive is not None:
-        from ..compare.archive import regenerate
+        from ..compare.regenerate import regenerate
         from ..errors import QAPrunerError
 
         if args.config or args.task is not None or any(getattr(args, k, None) is not None for k in CLI_KEYS):

@@ -22,7 +22,7 @@ from ..eval.store import read_items
 from ..io import write_json
 from ..tasks.base import Task
 from .config import CompareConfig
-from .grid import Row, build_grid, slug
+from .grid import build_grid, slug
 
 
 class Backend:

@@ -8,7 +8,6 @@ encoding resumes and only requested images are encoded.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch

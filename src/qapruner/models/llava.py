@@ -270,10 +270,8 @@ class LlavaAdapter:
         if active and pruner.location == "layer":
             if generate:
                 raise QAPrunerError("In-LLM (FastV) pruning supports --mode choice only.")
-            from ..prune.inllm import prune_at_layer
-
             base = self.prune_context(pruner, visual, cls_attn, questions, layer=pruner.config.layer_k)
-            logits, keep = prune_at_layer(self, inputs, pruner, base)
+            logits, keep = pruner.at_layer(self, inputs, base)
         elif generate:
             texts = self.generate(inputs, generate)
         else:

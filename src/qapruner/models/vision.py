@@ -80,22 +80,6 @@ def load_dinov2_s14() -> Dinov2Model:
     return model.eval()
 
 
-@torch.no_grad()
-def cls_attention(vision_tower: Dinov2Model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """[CLS]→patch attention of the last layer, head-averaged, (B, N). Computed explicitly (SDPA gives none).
-
-    a = softmax(q_cls · K^T / sqrt(d)) over all tokens, then the CLS column is dropped (FasterVLM/VisionZip)."""
-    out = vision_tower(pixel_values=pixel_values, output_hidden_states=True)
-    last = vision_tower.encoder.layer[-1]
-    h = last.norm1(out.hidden_states[-2])
-    b, t, d = h.shape
-    heads = vision_tower.config.num_attention_heads
-    q = last.attention.q_proj(h[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
-    k = last.attention.k_proj(h).view(b, t, heads, -1).transpose(1, 2)
-    attn = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)  # (B, H, 1, T)
-    return attn.mean(1)[:, 0, 1:]
-
-
 def cls_attention(tower: torch.nn.Module, hidden_states: tuple, feature_layer: int) -> torch.Tensor:
     """[CLS]→patch attention (B, N), head-averaged, of the block whose output LLaVA selects as its features
     (``hidden_states[feature_layer]``): that block is number ``feature_layer - 1`` over its input

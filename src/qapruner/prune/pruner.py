@@ -45,6 +45,13 @@ class Pruner:
         layer K, FastV; see ``inllm.prune_at_layer``)."""
         return self.host.location
 
+    def at_layer(self, adapter, inputs, ctx: PruneContext | None = None):
+        """The "layer" location: choose at layer K while ``adapter`` runs its decoder loop; returns
+        (last logits (B, V), kept indices (B, k)). See ``inllm.prune_at_layer``."""
+        from qapruner.prune.inllm import prune_at_layer
+
+        return prune_at_layer(adapter, inputs, self, ctx)
+
     def num_keep(self, n: int) -> int:
         return num_keep(self.config.keep, n)
 
