@@ -282,7 +282,7 @@ class LlavaAdapter:
         """The :class:`PruneContext` fields ``pruner`` needs. In the LLM (``layer`` > 0 hosts) the visual
         states and the attention are filled in at layer K by ``prune.inllm``; ``matched_error`` is then a
         callable of those states."""
-        from ..prune import PruneContext
+        from ..prune.context import PruneContext
 
         needs = pruner.needs
         ctx = PruneContext(visual=visual, grid=self.grid)
