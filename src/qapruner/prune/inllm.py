@@ -11,6 +11,7 @@ true image layout and the text after the image keeps its positions; the dropped 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,9 @@ from torch import Tensor, nn
 from qapruner.errors import QAPrunerError
 from qapruner.models.llava import DecoderState, LlavaAdapter, LMInputs, gather_tokens
 from qapruner.prune.context import PruneContext
-from qapruner.prune.pruner import Pruner
+
+if TYPE_CHECKING:  # the pruner calls in here (Pruner.at_layer); only its type is named
+    from qapruner.prune.pruner import Pruner
 
 
 def _rotate_half(x: Tensor) -> Tensor:
