@@ -147,3 +147,16 @@ def test_fastv_with_matched_sensitivity_uses_layer_k_quantizer(tiny_llava_dir, t
     assert main(args[:-1] + [str(tmp_path / "g.json")]) == 2
     assert "no activation quantizer to match" in capsys.readouterr().err
 
+
+
+def test_bfloat16_execution_of_fp_and_weight_only_rows(tiny_llava_dir, tiny_jsonl, tmp_path):
+    """--dtype bfloat16 runs the projector and the language model in bf16 (the vision features stay fp32)."""
+    for quant in ([], ["--quant", "w4a16"]):
+        out = tmp_path / f"bf16{len(quant)}.json"
+        assert main(["eval", "--model", str(tiny_llava_dir), "--task", f"jsonl:{tiny_jsonl}", "--dtype", "bfloat16",
+                     "--prune", "cdpruner", "--keep", "0.5", "--qa", *quant, "--out", str(out)]) == 0
+        s = json.loads(out.read_text())
+        assert s["config"]["dtype"] == "bfloat16" and s["n"] == 12 and s["visual_tokens"]["kept"] == 8
+    adapter = load_model(str(tiny_llava_dir)).cast(torch.bfloat16)
+    assert adapter.parts.lm.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert adapter.parts.vision_tower.embeddings.patch_embeddings.projection.weight.dtype == torch.float32

@@ -66,6 +66,7 @@ def test_blank_image_and_calibration_runs_never_reuse_other_items(tiny_llava_dir
     (["--limit", "1000000000"], "exceeds the 12 items"),
     (["--prune", "fastv", "--keep", "0.5", "--layer-k", "99"], "--layer-k 99 is outside"),
     (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--quant", "w4a4", "--dtype", "bfloat16"], "runs FP and weight-only presets only"),
 ])
 def test_nonsense_is_rejected_before_anything_is_written(tiny_llava_dir, tiny_jsonl, tmp_path, capsys, extra, message):
     out = tmp_path / "r.json"

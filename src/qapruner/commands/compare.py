@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", default=None, choices=["choice", "generate"],
                    help="choice (default): likelihood of candidate answers; generate: greedy decode + parse")
     p.add_argument("--layer-k", type=int, default=None, help="LLM layer for FastV pruning (default 2)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="execution dtype of the projector and LLM (bfloat16: FP / weight-only presets only)")
     p.add_argument("--no-fp-pruned", dest="fp_pruned", action="store_const", const=False, default=None,
                    help="skip the FP + host reference rows")
     p.add_argument("--gallery", type=int, default=None, help="images in the kept-token gallery (default 4; 0: none)")
@@ -39,7 +41,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run, model=None, task=None, seed=None, batch_size=None, calib_samples=None)
 
 
-CLI_KEYS = ("model", "tasks", "quant", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "fp_pruned",
+CLI_KEYS = ("model", "tasks", "quant", "dtype", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "fp_pruned",
             "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples")
 
 

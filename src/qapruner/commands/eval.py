@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--layer-k", type=int, default=2, help="LLM layer for in-LLM (fastv) pruning (default 2)")
     p.add_argument("--mode", default="choice", choices=["choice", "generate"],
                    help="choice: next-token likelihood over candidate answers; generate: greedy decode + parse")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="execution dtype of the projector and language model (bfloat16: FP / weight-only presets)")
     p.add_argument("--blank-image", action="store_true",
                    help="replace every image by a blank one (measures how much answers depend on the image)")
     p.add_argument("--out", default=None, help="summary JSON (per-item predictions go to OUT.items.jsonl)")
@@ -50,7 +52,7 @@ def eval_config(args):
 
     return EvalConfig(model=args.model, task=args.task, limit=args.limit, seed=args.seed,
                       blank_image=args.blank_image, quant=args.quant, calib_samples=args.calib_samples,
-                      prune=prune_config(args), mode=args.mode, batch_size=args.batch_size)
+                      prune=prune_config(args), mode=args.mode, batch_size=args.batch_size, dtype=args.dtype)
 
 
 def run(args) -> int:
@@ -75,6 +77,10 @@ def run(args) -> int:
         if cfg.quant is not None:
             adapter, quant_info = quantized_copy(adapter, cfg.quant, task, cfg.calib_samples, cfg.seed,
                                                  progress=progress)
+        if cfg.dtype != "float32":
+            import torch
+
+            adapter = adapter.cast(getattr(torch, cfg.dtype))
         summary = Evaluator(adapter).run(task, cfg, out.with_suffix(".items.jsonl"), progress)
     summary.update({"image": task.meta.get("image", "task images"), "seed": cfg.seed, "config": cfg.describe(),
                     "quant_info": quant_info, "environment": environment()})

@@ -50,6 +50,7 @@ class CompareConfig:
     max_new_tokens: int = 10
     batch_size: int = 16
     calib_samples: int = 32
+    dtype: str = "float32"             # float32 | bfloat16 (FP and weight-only presets; see EvalConfig)
     bootstrap_reps: int = 10000
     gallery: int = 4                   # images in the gallery (0: none)
     notes: str = ""                    # free text copied into the report (e.g. how a recipe maps to the paper)

@@ -51,7 +51,8 @@ class Row:
     def eval_config(self, cfg: CompareConfig) -> EvalConfig:
         return EvalConfig(model=cfg.model, task=self.task, limit=cfg.limit, seed=cfg.seed, quant=self.quant,
                           calib_samples=cfg.calib_samples, prune=self.prune_config(cfg), mode=cfg.mode,
-                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                          dtype=cfg.dtype)
 
     def fingerprint(self, cfg: CompareConfig) -> dict:
         """Everything that changes this row's per-item results: the evaluation's resume key."""

@@ -96,6 +96,18 @@ class Backend:
                 out[it.uid] = {"sq": sq.cpu().tolist(), "image": (img * 255).astype(np.uint8)}
         return out
 
+    def cast(self, adapter, dtype: str, copy: bool):
+        """The model to run rows in ``dtype`` (a cast copy of the FP model, so later quantized copies still
+        start from fp32; quantized copies are cast in place)."""
+        if dtype == "float32":
+            return adapter
+        import copy as _copy
+
+        import torch
+
+        model = _copy.deepcopy(adapter.model) if copy else adapter.model
+        return adapter.with_model(model).cast(getattr(torch, dtype))
+
     def release(self, loaded) -> None:
         self._evaluator = self._evaluator_key = None
         del loaded
@@ -185,7 +197,9 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
             if not task_rows and not want_gallery:
                 continue
             if quant is None:
-                model, qinfo = fp, None
+                if None not in models:
+                    models[None] = (backend.cast(fp, cfg.dtype, copy=True), None)
+                model, qinfo = models[None]
             else:
                 key = tname if backend.calibrates(quant) else None
                 if key not in models:
@@ -193,7 +207,8 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
                     for old in list(models):  # at most one quantized copy alive at a time
                         backend.release(models.pop(old)[0])
                     log(f"quantizing {cfg.model} with {quant}" + (f" (calibrated on {tname})" if key else ""))
-                    models[key] = backend.quantize(fp, quant, task, cfg, progress)
+                    q, info = backend.quantize(fp, quant, task, cfg, progress)
+                    models[key] = (backend.cast(q, cfg.dtype, copy=False), info)
                 model, qinfo = models[key]
             for r in task_rows:
                 cid = ids[r]

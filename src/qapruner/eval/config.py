@@ -15,6 +15,8 @@ from ..quant import QuantConfig
 
 Mode = Literal["choice", "generate"]
 MODES = ("choice", "generate")
+Dtype = Literal["float32", "bfloat16"]
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class EvalConfig:
     prune: PruneConfig | None = None  # None = all visual tokens
     mode: Mode = "choice"  # choice: next-token likelihood over candidates; generate: greedy decode + parse
     max_new_tokens: int = 10  # generate mode
+    dtype: Dtype = "float32"  # the language model's (and projector's) execution dtype; the vision features stay fp32
     batch_size: int = 16
     # Fields that cannot change a prediction, with the reason:
     NOT_IN_KEY = {"batch_size": "left padding with position ids from the mask makes a row independent of its batch"}
@@ -46,6 +49,11 @@ class EvalConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise QAPrunerError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}.")
+        if self.dtype not in DTYPES:
+            raise QAPrunerError(f"Unknown --dtype '{self.dtype}'; choose 'float32' or 'bfloat16'.")
+        if self.dtype != "float32" and self.quant is not None and self.quant.act.enabled:
+            raise QAPrunerError(f"--dtype {self.dtype} runs FP and weight-only presets only: {self.preset} quantizes "
+                                "activations, whose fake-quant grid is simulated in float32.")
         if self.prune is not None and self.prune.is_noop:
             object.__setattr__(self, "prune", None)  # keep 1.0 is dense
         if self.prune is not None and self.prune.host == "fastv" and self.mode != "choice":
@@ -86,4 +94,4 @@ class EvalConfig:
         return d
 
 
-__all__ = ["EvalConfig", "Mode", "MODES"]
+__all__ = ["EvalConfig", "Mode", "MODES", "Dtype", "DTYPES"]

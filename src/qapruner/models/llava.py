@@ -124,6 +124,14 @@ class LlavaAdapter:
     def with_model(self, model) -> "LlavaAdapter":  # e.g. a quantized copy
         return LlavaAdapter(model, self.processor, self.key, self.name, self.grid)
 
+    def cast(self, dtype: torch.dtype) -> "LlavaAdapter":
+        """Run the projector and the language model in ``dtype`` (in place; the vision tower, whose features
+        are cached, stays as it is). bf16 is the cheapest real prefill speed-up on a CPU with AVX-512 BF16."""
+        parts = self.parts
+        for module in (parts.projector, parts.lm, parts.head):
+            module.to(dtype)
+        return self
+
     # ---- vision ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
