@@ -259,6 +259,7 @@ def test_cli_parses_and_merges_config(tmp_path):
     args = build_parser().parse_args(["compare", "--task", "fashion-mnist"])
     cfg = config_from_args(args)
     assert cfg.tasks == ["fashion-mnist"] and cfg.model == "testbed" and cfg.batch_size == 16
+    assert cfg.limit == 48  # without --config a small default run, not the full test sets
 
 
 def test_paper_recipe_parses():

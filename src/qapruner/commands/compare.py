@@ -41,6 +41,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run, model=None, task=None, seed=None, batch_size=None, calib_samples=None)
 
 
+DEFAULT_LIMIT = 48  # items per task without --config or --limit (the demo's size)
 CLI_KEYS = ("model", "tasks", "quant", "dtype", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "fp_pruned",
             "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples")
 
@@ -55,6 +56,8 @@ def config_from_args(args):
         if args.tasks is not None:
             raise QAPrunerError("Give either --task or --tasks, not both.")
         cli["tasks"] = args.task
+    if not args.config and cli["limit"] is None:
+        cli["limit"] = DEFAULT_LIMIT  # a first run that finishes in minutes, not a many-hour full grid
     return resolve(file_values, cli)
 
 
@@ -79,6 +82,9 @@ def run(args) -> int:
         from .common import check_writable
 
         cfg = config_from_args(args)
+        if not args.config and args.limit is None:
+            console.print(f"No --config: a small default run ({DEFAULT_LIMIT} items per task). The full test sets: "
+                          "qapruner compare --config configs/experiment_full.toml (many hours on 2 CPU cores).")
         check_writable(Path(cfg.out) / "results.json")
         with progress_bar() as progress:
             results = run_compare(cfg, argv=sys.argv[1:], progress=progress, log=progress.console.print)

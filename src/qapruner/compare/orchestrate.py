@@ -170,7 +170,12 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
     items_dir.mkdir(parents=True, exist_ok=True)
     for q in cfg.quant:
         backend.check_preset(q)  # fail on a bad preset before loading anything
-    tasks = {name: backend.load_task(name).subset(cfg.limit, cfg.seed) for name in cfg.tasks}
+    tasks = {}
+    for name in cfg.tasks:  # --limit is "up to N items per task" here: tasks of one grid differ in size
+        full = backend.load_task(name)
+        if cfg.limit is not None and cfg.limit > len(full.items):
+            log(f"{name} has {len(full.items)} items, fewer than --limit {cfg.limit}: all of them are used")
+        tasks[name] = full.subset(min(cfg.limit, len(full.items)) if cfg.limit else None, cfg.seed)
     rows = build_grid(cfg)
     ids = {r: r.config_id(cfg) for r in rows}
     summaries = {r: finished_summary(items_dir, ids[r], r.fingerprint(cfg)) for r in rows}
@@ -179,8 +184,11 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
     gallery_file = out_dir / "gallery" / "data.json"
     need_gallery = plan is not None and not _gallery_ok(gallery_file, plan, cfg)
     log(f"{len(rows)} configurations, {len(rows) - len(todo)} already finished, {len(todo)} to run")
+    if todo:
+        log(plan_line(todo, tasks, cfg, backend))
 
     fp = model = None
+    done = 0
     bar = progress.add_task("configurations", total=len(rows), completed=len(rows) - len(todo)) if progress else None
     for quant in [None, *cfg.quant]:
         group = [r for r in todo if r.quant == quant]
@@ -217,6 +225,9 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
                 s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo})
                 write_json(summary_path(items_dir, cid), s)
                 summaries[r] = s
+                done += 1
+                log(f"[{done}/{len(todo)}] {tname} · {r.label}: accuracy {s['accuracy']:.3f} (n = {s['n']}, "
+                    f"{s['seconds']:.0f} s)")
                 if progress:
                     progress.advance(bar)
             if want_gallery:
@@ -232,6 +243,22 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
     configs = [{"id": ids[r], "row": r.to_dict(), "summary": summaries[r]} for r in rows]
     return {"tasks": tasks, "rows": rows, "configs": configs, "computed": len(todo),
             "gallery": (plan, gallery_file) if plan is not None else None}
+
+
+# Rough costs on 2 CPU cores with the testbed (measured: ~0.25 s per item and configuration, ~150 s per GPTQ
+# run); a plan line states them so that nobody starts a many-hour grid by accident.
+SECONDS_PER_ITEM = 0.25
+SECONDS_PER_CALIBRATION = 150.0
+
+
+def plan_line(todo, tasks: dict, cfg: CompareConfig, backend: Backend) -> str:
+    items = sum(len(tasks[r.task].items) for r in todo)
+    quants = {r.quant for r in todo if r.quant}
+    calibrations = sum(len({r.task for r in todo if r.quant == q}) if backend.calibrates(q) else 1 for q in quants)
+    est = items * SECONDS_PER_ITEM + calibrations * SECONDS_PER_CALIBRATION
+    return (f"plan: {len(todo)} configurations × {items // max(1, len(todo))} items on average = {items} item "
+            f"evaluations, {calibrations} quantized model(s); roughly {est / 60:.0f} min on 2 CPU cores with the "
+            "testbed (much less on a GPU)")
 
 
 def model_grid(loaded) -> list[int]:
