@@ -160,3 +160,14 @@ def test_bfloat16_execution_of_fp_and_weight_only_rows(tiny_llava_dir, tiny_json
     adapter = load_model(str(tiny_llava_dir)).cast(torch.bfloat16)
     assert adapter.parts.lm.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
     assert adapter.parts.vision_tower.embeddings.patch_embeddings.projection.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("quant,kernel", [([], None), (["--quant", "w4a16"], "int4"), (["--quant", "w8a8"], "int8-dynamic")])
+def test_real_kernels_in_eval(tiny_llava_dir, tiny_jsonl, tmp_path, quant, kernel):
+    out = tmp_path / "real.json"
+    assert main(["eval", "--model", str(tiny_llava_dir), "--task", f"jsonl:{tiny_jsonl}", "--real", *quant,
+                 "--prune", "cls", "--keep", "0.5", "--out", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert s["config"]["real"] and s["config"]["dtype"] == "bfloat16" and s["n"] == 12
+    if kernel:
+        assert kernel in s["quant_info"]["kernels"]

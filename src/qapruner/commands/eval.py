@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
                    help="choice: next-token likelihood over candidate answers; generate: greedy decode + parse")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="execution dtype of the projector and language model (bfloat16: FP / weight-only presets)")
+    p.add_argument("--real", action="store_true",
+                   help="real kernels instead of fake-quant: int4 weights (W4A16), int8 dynamic (W8A8), bf16 otherwise")
     p.add_argument("--blank-image", action="store_true",
                    help="replace every image by a blank one (measures how much answers depend on the image)")
     p.add_argument("--out", default=None, help="summary JSON (per-item predictions go to OUT.items.jsonl)")
@@ -52,7 +54,8 @@ def eval_config(args):
 
     return EvalConfig(model=args.model, task=args.task, limit=args.limit, seed=args.seed,
                       blank_image=args.blank_image, quant=args.quant, calib_samples=args.calib_samples,
-                      prune=prune_config(args), mode=args.mode, batch_size=args.batch_size, dtype=args.dtype)
+                      prune=prune_config(args), mode=args.mode, batch_size=args.batch_size, dtype=args.dtype,
+                      real=args.real)
 
 
 def run(args) -> int:
@@ -77,7 +80,11 @@ def run(args) -> int:
         if cfg.quant is not None:
             adapter, quant_info = quantized_copy(adapter, cfg.quant, task, cfg.calib_samples, cfg.seed,
                                                  progress=progress)
-        if cfg.dtype != "float32":
+        if cfg.real:
+            from ..deploy.runtime import realize
+
+            quant_info = dict(quant_info or {}, kernels=realize(adapter))
+        elif cfg.dtype != "float32":
             import torch
 
             adapter = adapter.cast(getattr(torch, cfg.dtype))

@@ -32,6 +32,7 @@ class EvalConfig:
     mode: Mode = "choice"  # choice: next-token likelihood over candidates; generate: greedy decode + parse
     max_new_tokens: int = 10  # generate mode
     dtype: Dtype = "float32"  # the language model's (and projector's) execution dtype; the vision features stay fp32
+    real: bool = False  # real kernels (deploy.runtime: int4 tinygemm, int8 dynamic, bf16) instead of fake-quant
     batch_size: int = 16
     # Fields that cannot change a prediction, with the reason:
     NOT_IN_KEY = {"batch_size": "left padding with position ids from the mask makes a row independent of its batch"}
@@ -51,7 +52,14 @@ class EvalConfig:
                 raise QAPrunerError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}.")
         if self.dtype not in DTYPES:
             raise QAPrunerError(f"Unknown --dtype '{self.dtype}'; choose 'float32' or 'bfloat16'.")
-        if self.dtype != "float32" and self.quant is not None and self.quant.act.enabled:
+        if self.real:
+            object.__setattr__(self, "dtype", "bfloat16")  # the real kernels take bf16 activations
+            act = self.quant.act if self.quant is not None else None
+            if act is not None and act.enabled and not (act.bits == 8 and act.granularity == "token"
+                                                         and self.quant.weight.bits == 8):
+                raise QAPrunerError(f"--real runs FP, weight-only and W8A8 (dynamic per-token) presets; no kernel "
+                                    f"here executes {self.preset}. Evaluate it without --real (simulation).")
+        elif self.dtype != "float32" and self.quant is not None and self.quant.act.enabled:
             raise QAPrunerError(f"--dtype {self.dtype} runs FP and weight-only presets only: {self.preset} quantizes "
                                 "activations, whose fake-quant grid is simulated in float32.")
         if self.prune is not None and self.prune.is_noop:

@@ -129,7 +129,8 @@ class LlavaAdapter:
         are cached, stays as it is). bf16 is the cheapest real prefill speed-up on a CPU with AVX-512 BF16."""
         parts = self.parts
         for module in (parts.projector, parts.lm, parts.head):
-            module.to(dtype)
+            if module is not None:  # a plain causal LM has no projector
+                module.to(dtype)
         return self
 
     # ---- vision ---------------------------------------------------------------------------------------

@@ -1,0 +1,131 @@
+"""Real kernels for a quantized model: swap the fake-quant linears for integer / low-precision execution.
+
+``realize(adapter)`` (in place) runs the projector and the language model in bf16 and replaces each
+``QuantLinear`` by a real layer:
+
+* 4-bit weights, activations unquantized (W4A16): torchao's CPU int4 tinygemm kernel
+  (``Int4OpaqueTensor``, bf16 activations) built from the *same integers* the weight method chose (RTN or
+  GPTQ), not re-quantized. tinygemm stores unsigned codes u and a float zero: ``w = (u − 8)·s + z_f``; our
+  grid is ``w = (q − zero)·s``, so ``u = q + c`` (c = 8 for symmetric codes in [−8, 7], else 0) and
+  ``z_f = (8 − c − zero)·s``. The integers are exact; scales and zeros are rounded to bf16. Groups of 64 input channels (per-channel scales are
+  repeated over the groups; 576 = 9·64 on the testbed). On CUDA the kernel is not available: bf16 instead.
+* 8-bit weights with dynamic per-token 8-bit activations (W8A8): torchao's int8 dynamic-activation kernel
+  (symmetric per-channel int8 weights = our grid when the preset's weights are symmetric; its activation
+  scales are symmetric per token, ours may be asymmetric: the difference is measured, not assumed).
+* Anything else that quantizes no activations (W8A16, …): bf16 with the dequantized weight.
+* Activations quantized to other than 8 bits, or static / per-group activation scales: refused — no kernel
+  here executes them; the simulation (fake-quant, fp32) is the honest way to evaluate those presets.
+
+Online transforms (the Hadamard before ``down_proj`` of rotated presets) stay in front of the real layer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..errors import QAPrunerError
+from ..quant.quant_linear import QuantLinear
+
+INT4_GROUP = 64
+
+
+class RealLinear(nn.Module):
+    """An optional online input transform followed by a real-kernel linear."""
+
+    def __init__(self, linear: nn.Module, transform: nn.Module | None):
+        super().__init__()
+        self.linear, self.transform = linear, transform
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.transform(x) if self.transform is not None else x)
+
+
+def _torchao():
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # it warns about CUDA-only extensions on import
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise QAPrunerError("Real kernels need torchao: pip install torchao==0.18.0") from None
+
+
+def kind_of(ql: QuantLinear) -> str:
+    """Which real kernel ``ql`` maps to: "int4", "int8-dynamic" or "bf16"; raises when none does."""
+    act = ql.act_quant.cfg
+    if not act.enabled:
+        if ql.wbits == 4 and ql.weight_scale is not None and ql.in_features % INT4_GROUP == 0:
+            g = ql.weight_group_size
+            if g is None or g % INT4_GROUP == 0:
+                return "int4"
+        return "bf16"
+    if act.bits == 8 and act.granularity == "token" and ql.wbits == 8:
+        return "int8-dynamic"
+    raise QAPrunerError(f"No real kernel runs {ql.wbits}-bit weights with {act.bits}-bit {act.granularity} "
+                        "activations; evaluate this preset with the simulation (without --real).")
+
+
+def _linear(ql: QuantLinear, dtype: torch.dtype) -> nn.Linear:
+    lin = nn.Linear(ql.in_features, ql.out_features, bias=ql.bias is not None, device=ql.weight.device, dtype=dtype)
+    lin.weight.data.copy_(ql.weight.detach())
+    if ql.bias is not None:
+        lin.bias.data.copy_(ql.bias.detach())
+    return lin
+
+
+def int4_weight(ql: QuantLinear) -> torch.Tensor:
+    """The layer's integer grid as a torchao tinygemm int4 tensor (exact integers, bf16 scales)."""
+    from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
+    from torchao.quantization.utils import pack_tinygemm_scales_and_zeros
+
+    q = ql.integer_weight()  # (out, in), w = (q - zero) * scale; q in [-8, 7] (symmetric) or [0, 15]
+    g = ql.weight_group_size or ql.in_features
+    c = 8 if int(q.min()) < 0 else 0  # tinygemm: w = (u - 8) * s + z_f with unsigned u = q + c
+    u = q + c
+    if int(u.min()) < 0 or int(u.max()) > 15:
+        raise QAPrunerError("The layer's integer codes do not fit 4 bits; it is not a 4-bit weight.")
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.contiguous(), 1)
+    rep = g // INT4_GROUP
+    scale = ql.weight_scale.repeat_interleave(rep, dim=1)
+    zf = (8 - c - ql.weight_zero.repeat_interleave(rep, dim=1)) * scale  # so that (u - 8) s + z_f = (q - zero) s
+    scale, zf = scale.to(torch.bfloat16), zf.to(torch.bfloat16)
+    return Int4OpaqueTensor(qdata=packed, scale_and_zero=pack_tinygemm_scales_and_zeros(scale, zf, torch.bfloat16),
+                            block_size=[1, INT4_GROUP], shape=ql.weight.shape, act_pre_scale=None)
+
+
+def realize_linear(ql: QuantLinear, dtype: torch.dtype = torch.bfloat16) -> RealLinear:
+    kind = kind_of(ql)
+    if kind == "int4" and ql.weight.device.type != "cpu":
+        kind = "bf16"
+    lin = _linear(ql, dtype)
+    if kind == "int4":
+        lin.weight = nn.Parameter(int4_weight(ql), requires_grad=False)
+    elif kind == "int8-dynamic":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        wrapper = nn.Sequential(lin)
+        quantize_(wrapper, Int8DynamicActivationInt8WeightConfig())
+        lin = wrapper[0]
+    transform = ql.input_transform
+    if transform is not None:
+        transform = transform.to(dtype)
+    return RealLinear(lin, transform)
+
+
+def realize(adapter, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+    """Swap every ``QuantLinear`` of the adapter's model for its real kernel and run the projector and the
+    language model in ``dtype`` (in place). Returns how many layers took each kernel."""
+    _torchao()
+    model = adapter.model
+    names = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    kinds = [kind_of(ql) for _, ql in names]  # refuse before changing anything
+    real = [realize_linear(ql, dtype) for _, ql in names]  # from the fp32 grid, before the cast
+    for name, _ in names:  # the fake-quant layers leave before the cast, so only real layers remain
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
+    adapter.cast(dtype)
+    for (name, _), layer in zip(names, real):
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    return {k: kinds.count(k) for k in sorted(set(kinds))}

@@ -1,0 +1,63 @@
+"""Real kernels (deploy.runtime): the int4 tinygemm layers hold exactly the integers the weight method chose,
+and the real model's logits match the fake-quant model run in bf16."""
+
+import copy
+
+import pytest
+import torch
+
+from qapruner.deploy.runtime import RealLinear, kind_of, realize
+from qapruner.errors import QAPrunerError
+from qapruner.models.llava import LlavaAdapter
+from qapruner.quant import QuantLinear, quantize_
+from tiny_models import tiny_llama
+
+
+def _adapter(model):
+    return LlavaAdapter(model, None, "tiny", "tiny", (4, 4))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+@pytest.mark.parametrize("preset", ["w4a16-g64", "w4a16", "w4a16-asymw-g64", "w4a16-rot", "w8a16", "w8a8"])
+def test_real_kernels_match_the_simulation_in_bf16(preset):
+    fake = quantize_(tiny_llama(layers=2), preset)
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    ref = _logits(_adapter(copy.deepcopy(fake)).cast(torch.bfloat16).model, ids)  # fake-quant weights, bf16 matmuls
+    real = copy.deepcopy(fake)
+    counts = realize(_adapter(real))
+    assert not any(isinstance(m, QuantLinear) for m in real.modules())
+    expected = {"w8a8": "int8-dynamic", "w8a16": "bf16"}.get(preset, "int4")
+    assert counts.get(expected, 0) == 14, counts  # 7 linears x 2 layers
+    out = _logits(real, ids)
+    # int4: same integers, bf16 scales and a different accumulation order; int8: torchao's symmetric activation
+    # scales instead of the preset's asymmetric ones
+    tol = 0.35 if preset == "w8a8" else 0.08
+    assert (out - ref).abs().max() < tol * ref.abs().max(), (out - ref).abs().max()
+
+
+def test_int4_layer_holds_the_exact_integers():
+    from qapruner.deploy.runtime import int4_weight
+
+    for preset in ("w4a16-g64", "w4a16-asymw-g64"):
+        ql = quantize_(tiny_llama(layers=1), preset).model.layers[0].mlp.up_proj
+        w = int4_weight(ql)
+        x = torch.eye(ql.in_features, dtype=torch.bfloat16)  # the layer applied to the identity = its weight^T
+        dq = torch.nn.functional.linear(x, w).float().T
+        expect = ql.weight.detach().float()
+        step = ql.weight_scale.repeat_interleave(ql.weight_group_size, dim=1)  # one code step per element
+        # a wrong code is off by at least one step; bf16 scales, zeros and outputs cost a few % of one
+        assert bool(((dq - expect).abs() < 0.1 * step).all())
+
+
+def test_activation_presets_without_a_kernel_are_refused():
+    fake = quantize_(tiny_llama(layers=1), "w4a4")
+    with pytest.raises(QAPrunerError, match="No real kernel"):
+        kind_of(fake.model.layers[0].self_attn.q_proj)
+    with pytest.raises(QAPrunerError, match="No real kernel"):
+        realize(_adapter(fake))
+    assert isinstance(fake.model.layers[0].self_attn.q_proj, QuantLinear)  # nothing changed
+    assert not isinstance(fake.model.layers[0].self_attn.q_proj, RealLinear)
