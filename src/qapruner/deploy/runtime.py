@@ -46,7 +46,7 @@ class RealLinear(nn.Module):
 def _torchao():
     logging.getLogger("torchao").setLevel(logging.ERROR)  # it warns about CUDA-only extensions on import
     try:
-        import torchao  # noqa: F401
+        import torchao  # noqa: F401  (availability check)
     except ImportError:
         raise QAPrunerError("Real kernels need torchao: pip install torchao==0.18.0") from None
 

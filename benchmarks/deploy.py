@@ -1,0 +1,161 @@
+"""What a user actually saves: real kernels on the testbed (2 threads), dense and pruned.
+
+For FP32, BF16, W8A8 and W4A16 (real kernels, ``deploy.runtime.realize``) × {dense, keep 12.5 % QA-cdpruner}:
+language-model weight bytes in memory, peak RSS of the process, time to first token for one image prompt
+(256 visual tokens + the question ≈ 300 tokens; pruned: 32 visual tokens), decode tokens/s, and accuracy on a
+seeded subset of easy-VQA and Fashion-MNIST with the paired difference against qapruner's fake-quant
+simulation of the same preset. Each configuration runs in its own process, so peak RSS is its own.
+
+    python benchmarks/deploy.py --items 200 --out benchmarks/results/deploy.json
+    python benchmarks/deploy.py --one w4a16 --items 200       # one configuration (what the driver runs)
+
+Time only on an idle machine: a second busy process distorts CPU timings 10-70x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+CONFIGS = {  # name: (quant preset for the simulation and the real model, real kernels?)
+    "fp32": (None, False),
+    "bf16": (None, True),
+    "w8a8": ("w8a8", True),
+    "w4a16": ("w4a16-g64", True),
+}
+TASKS = ("easy-vqa", "fashion-mnist")
+PRUNE = dict(host="cdpruner", keep=0.125, qa=True)
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a (possibly tensor-subclass, e.g. packed int4) tensor holds."""
+    names = getattr(t, "tensor_data_names", None)
+    if names:
+        return sum(tensor_bytes(getattr(t, n)) for n in names if getattr(t, n, None) is not None)
+    return t.numel() * t.element_size()
+
+
+def median_time(fn, reps: int = 5) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def one(name: str, items: int) -> dict:
+    from qapruner.eval.config import EvalConfig
+    from qapruner.eval.prepare import quantized_copy
+    from qapruner.eval.runner import Evaluator
+    from qapruner.models.features import FeatureCache
+    from qapruner.models.registry import load_model
+    from qapruner.prune import PruneConfig, Pruner
+    from qapruner.quant import QuantConfig
+    from qapruner.tasks import load_task
+
+    torch.set_num_threads(2)
+    preset, real = CONFIGS[name]
+    adapter = load_model("testbed")
+    task0 = load_task("easy-vqa")
+    if preset:
+        adapter, _ = quantized_copy(adapter, QuantConfig.from_preset(preset), task0)
+    kernels = None
+    if real:
+        from qapruner.deploy.runtime import realize
+
+        kernels = realize(adapter)
+    lm_bytes = sum(tensor_bytes(p) for p in adapter.parts.lm.layers.parameters())
+    item = task0.items[0]
+    feats, cls = FeatureCache(adapter, task0).get([item.image])
+    out = {"config": name, "preset": preset, "real": real, "kernels": kernels, "decoder_weight_bytes": lm_bytes}
+    for label, prune in (("dense", None), ("pruned", Pruner(PruneConfig(**PRUNE)))):
+        with torch.no_grad():
+            visual = adapter.project(feats)
+            if prune is not None:
+                from qapruner.models.llava import gather_tokens
+
+                visual = gather_tokens(visual, prune.select(adapter.prune_context(prune, visual, cls, [item.question])))
+            inputs = adapter.assemble([item.prompt], visual)
+            ttft = median_time(lambda: adapter.last_logits(inputs))
+            n_new = 32
+            gen = median_time(lambda: adapter.model.generate(
+                inputs_embeds=inputs.embeds, attention_mask=inputs.mask, max_new_tokens=n_new, min_new_tokens=n_new,
+                do_sample=False, pad_token_id=adapter.tokenizer.pad_token_id), reps=3)
+        out[label] = {"prompt_tokens": int(inputs.mask.sum()), "ttft_s": round(ttft, 4),
+                      "decode_tokens_per_s": round((n_new - 1) / max(gen - ttft, 1e-9), 2)}
+    with tempfile.TemporaryDirectory() as tmp:
+        ev = Evaluator(adapter)
+        for label, prune in (("dense", None), ("pruned", PruneConfig(**PRUNE))):
+            for tname in TASKS:
+                task = load_task(tname).subset(items, 0)
+                cfg = EvalConfig(task=tname, limit=items, quant=preset, prune=prune, real=real)
+                s = ev.run(task, cfg, Path(tmp) / f"{tname}-{label}.jsonl", label=f"{name} {tname} {label}")
+                rows = [json.loads(line) for line in (Path(tmp) / f"{tname}-{label}.jsonl").read_text().splitlines()[1:]]
+                out[label][tname] = {"accuracy": s["accuracy"], "n": s["n"],
+                                     "correct": {r["uid"]: r["correct"] for r in rows}}
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def paired(a: dict, b: dict) -> dict:
+    """Accuracy difference a − b in points on the same items, with the exact McNemar p-value."""
+    from scipy.stats import binomtest
+
+    uids = sorted(a)
+    only_a = sum(a[u] and not b[u] for u in uids)
+    only_b = sum(b[u] and not a[u] for u in uids)
+    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return {"diff_points": round(100 * (only_a - only_b) / len(uids), 2), "discordant": only_a + only_b,
+            "p_mcnemar": round(p, 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--one", choices=sorted(CONFIGS) + [f"sim-{k}" for k in ("w8a8", "w4a16")])
+    ap.add_argument("--items", type=int, default=200, help="items per task (seeded, answer-stratified)")
+    ap.add_argument("--out", default="benchmarks/results/deploy.json")
+    args = ap.parse_args()
+    if args.one:
+        if args.one.startswith("sim-"):  # the fake-quant simulation of a preset, for the paired difference
+            CONFIGS[args.one] = (CONFIGS[args.one[4:]][0], False)
+        print(json.dumps(one(args.one, args.items)))
+        return
+    results = {}
+    for name in [*CONFIGS, "sim-w8a8", "sim-w4a16"]:
+        print(f"running {name} ...", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--one", name, "--items", str(args.items)],
+                              capture_output=True, text=True, check=True)
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("w8a8", "w4a16"):
+        for label in ("dense", "pruned"):
+            for t in TASKS:
+                results[name][label][t]["vs_simulation"] = paired(results[name][label][t]["correct"],
+                                                                  results[f"sim-{name}"][label][t]["correct"])
+    for r in results.values():
+        for label in ("dense", "pruned"):
+            for t in TASKS:
+                r[label][t].pop("correct")
+    meta = {"items_per_task": args.items, "threads": 2, "torch": torch.__version__, "prune": PRUNE}
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    print(f"{'config':10s} {'weights MB':>10s} {'RSS MB':>7s} {'TTFT dense':>10s} {'TTFT pruned':>11s} "
+          f"{'decode tok/s':>12s} " + " ".join(f"{t[:8]:>9s} d/p" for t in TASKS))
+    for name, r in results.items():
+        acc = " ".join(f"{100 * r['dense'][t]['accuracy']:6.1f}/{100 * r['pruned'][t]['accuracy']:<5.1f}" for t in TASKS)
+        print(f"{name:10s} {r['decoder_weight_bytes'] / 1e6:10.1f} {r['peak_rss_mb']:7.0f} {r['dense']['ttft_s']:10.3f} "
+              f"{r['pruned']['ttft_s']:11.3f} {r['dense']['decode_tokens_per_s']:12.1f} {acc}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

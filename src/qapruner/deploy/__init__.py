@@ -1,0 +1,1 @@
+"""Deployment: pruning inside real inference (``generate``) and model export."""
