@@ -96,6 +96,9 @@ def one(name: str, items: int) -> dict:
                       "decode_tokens_per_s": round((n_new - 1) / max(gen - ttft, 1e-9), 2)}
     with tempfile.TemporaryDirectory() as tmp:
         ev = Evaluator(adapter)
+        if not items:  # --items 0: speed and memory only
+            out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            return out
         for label, prune in (("dense", None), ("pruned", PruneConfig(**PRUNE))):
             for tname in TASKS:
                 task = load_task(tname).subset(items, 0)
@@ -132,26 +135,27 @@ def main() -> None:
         print(json.dumps(one(args.one, args.items)))
         return
     results = {}
-    for name in [*CONFIGS, "sim-w8a8", "sim-w4a16"]:
+    for name in [*CONFIGS, *(["sim-w8a8", "sim-w4a16"] if args.items else [])]:
         print(f"running {name} ...", flush=True)
         proc = subprocess.run([sys.executable, __file__, "--one", name, "--items", str(args.items)],
                               capture_output=True, text=True, check=True)
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    for name in ("w8a8", "w4a16"):
+    for name in ("w8a8", "w4a16") if args.items else ():
         for label in ("dense", "pruned"):
             for t in TASKS:
                 results[name][label][t]["vs_simulation"] = paired(results[name][label][t]["correct"],
                                                                   results[f"sim-{name}"][label][t]["correct"])
     for r in results.values():
         for label in ("dense", "pruned"):
-            for t in TASKS:
+            for t in TASKS if args.items else ():
                 r[label][t].pop("correct")
     meta = {"items_per_task": args.items, "threads": 2, "torch": torch.__version__, "prune": PRUNE}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"{'config':10s} {'weights MB':>10s} {'RSS MB':>7s} {'TTFT dense':>10s} {'TTFT pruned':>11s} "
           f"{'decode tok/s':>12s} " + " ".join(f"{t[:8]:>9s} d/p" for t in TASKS))
     for name, r in results.items():
-        acc = " ".join(f"{100 * r['dense'][t]['accuracy']:6.1f}/{100 * r['pruned'][t]['accuracy']:<5.1f}" for t in TASKS)
+        acc = " ".join(f"{100 * r['dense'][t]['accuracy']:6.1f}/{100 * r['pruned'][t]['accuracy']:<5.1f}"
+                       for t in TASKS) if args.items else ""
         print(f"{name:10s} {r['decoder_weight_bytes'] / 1e6:10.1f} {r['peak_rss_mb']:7.0f} {r['dense']['ttft_s']:10.3f} "
               f"{r['pruned']['ttft_s']:11.3f} {r['dense']['decode_tokens_per_s']:12.1f} {acc}")
     print(f"wrote {args.out}")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import compare, generate, perplexity, train
+from .commands import compare, generate, perplexity, quantize, train
 from .commands import eval as evaluate
 from .errors import QAPrunerError
 
-COMMANDS = (evaluate, compare, generate, train, perplexity)  # each has add_parser(subparsers) and run(args) -> int
+COMMANDS = (evaluate, compare, quantize, generate, train, perplexity)  # each has add_parser(subparsers) and run(args) -> int
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,9 @@ import hashlib
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
+from ..deploy.meta import prune_config_of, quant_config_of, read_meta
 from ..errors import QAPrunerError
 from .llava import LlavaAdapter
 
@@ -61,10 +63,28 @@ def _load_llava(spec: str, device: torch.device) -> LlavaAdapter:
             f"Model '{spec}' is a '{config.model_type}' model; qapruner supports LLaVA-family models "
             "(transformers LlavaForConditionalGeneration, e.g. llava-hf/llava-1.5-7b-hf) and the built-in testbed.")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    model = LlavaForConditionalGeneration.from_pretrained(spec, dtype=dtype).to(device).eval()
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(spec, dtype=dtype).to(device).eval()
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise QAPrunerError(f"Cannot load the weights of model '{spec}': {first}.") from exc
+    _decompress(model)
     processor = AutoProcessor.from_pretrained(spec)
     key = Path(spec).name + "-" + hashlib.sha1(config.to_json_string().encode()).hexdigest()[:8]
-    return LlavaAdapter(model, processor, key, spec, _grid(model))
+    adapter = LlavaAdapter(model, processor, key, spec, _grid(model))
+    meta = read_meta(spec) if Path(spec).expanduser().is_dir() else None
+    if meta is not None:  # a `qapruner quantize` export: restore its pruning choice, mark the model quantized
+        adapter.prune_config = prune_config_of(meta)
+        model._qapruner_quant = quant_config_of(meta)
+    return adapter
+
+
+def _decompress(model) -> None:
+    """A compressed-tensors checkpoint loads packed and decompresses on the model's first ``forward``; the
+    adapter calls the parts directly, so decompress now (the activation quantizers stay in place)."""
+    compressor = getattr(getattr(model, "hf_quantizer", None), "compressor", None)
+    if compressor is not None and hasattr(model, "ct_decompress_hook"):
+        compressor.decompress_model(model)
 
 
 def _grid(model) -> tuple[int, int]:

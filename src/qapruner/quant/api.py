@@ -18,7 +18,7 @@ from .kv_cache import install_kv_quant
 from ..models.parts import DECODER_LINEARS, LMParts, lm_parts
 from .layer_inputs import capture_layer0_inputs
 from .quant_linear import QuantLinear
-from .quantizer import quantize_weight_rtn
+from .quantizer import check_group_size, quantize_weight_rtn
 from .rotation import rotate_model
 from .smooth import smooth_model
 
@@ -111,8 +111,9 @@ def gptq_decoder(parts: LMParts, targets: dict[str, QuantLinear], calib: list[di
                     h.remove()
             for n, acc in accs.items():
                 ql = targets[f"{prefix}.{n}"]
-                ql.set_quantized_weight(gptq_quantize_weight(ql.weight.data, acc.h, config.weight, config.gptq),
-                                        config.weight.bits)
+                wq, scale, zero = gptq_quantize_weight(ql.weight.data, acc.h, config.weight, config.gptq,
+                                                       return_qparams=True)
+                ql.set_quantized_weight(wq, config.weight.bits, scale, zero, _group(config, ql))
         inps = [run_layer(layer, x, kw) for x, kw in zip(inps, kws)]
 
 
@@ -185,8 +186,9 @@ def quantize_(model: nn.Module, config: QuantConfig | str, calib: list[dict] | N
                     gptq_decoder(parts, lm_layer_targets, calib, config, progress)
             for ql in rtn_targets.values():
                 w = config.weight
-                ql.set_quantized_weight(quantize_weight_rtn(ql.weight.data, w.bits, w.sym, w.group_size, w.clip_search),
-                                        w.bits)
+                wq, scale, zero = quantize_weight_rtn(ql.weight.data, w.bits, w.sym, w.group_size, w.clip_search,
+                                                      return_qparams=True)
+                ql.set_quantized_weight(wq, w.bits, scale, zero, _group(config, ql))
 
         static = [q.act_quant for q in target_q.values() if q.act_quant.cfg.enabled and q.act_quant.cfg.granularity == "tensor"]
         if static:
@@ -199,6 +201,11 @@ def quantize_(model: nn.Module, config: QuantConfig | str, calib: list[dict] | N
     model._qapruner_quant_seconds = time.perf_counter() - t0
     model.train(was_training)
     return model
+
+
+def _group(config: QuantConfig, ql: QuantLinear) -> int | None:
+    """The group size a weight method used on ``ql``: None when per output channel."""
+    return check_group_size(config.weight.group_size, ql.in_features)
 
 
 def _rotate_calibration_embeds(calib: list[dict] | None, q: torch.Tensor) -> list[dict] | None:

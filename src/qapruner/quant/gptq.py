@@ -38,10 +38,14 @@ class HessianAccumulator:
 
 
 @torch.no_grad()
-def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, wcfg: WeightQuantConfig, gcfg: GPTQConfig) -> torch.Tensor:
-    """Return the GPTQ fake-quantized copy of ``w`` (out×in) given the input Hessian ``h`` (in×in)."""
+def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, wcfg: WeightQuantConfig, gcfg: GPTQConfig,
+                         return_qparams: bool = False):
+    """Return the GPTQ fake-quantized copy of ``w`` (out×in) given the input Hessian ``h`` (in×in).
+
+    With ``return_qparams``: ``(w_q, scale, zero)``, the static grid of the sweep (float32, shape
+    ``(out, in // G)``, or ``(out, 1)`` per channel), as for ``quantize_weight_rtn``."""
     if wcfg.bits >= 16:
-        return w
+        return (w, None, None) if return_qparams else w
     dtype = w.dtype
     W = w.detach().double().clone()
     H = h.detach().double().clone().to(w.device)
@@ -59,10 +63,12 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, wcfg: WeightQuantConf
     if g:
         s, z = weight_qparams(W.reshape(-1, g), bits, sym, wcfg.clip_search,
                               importance=imp.reshape(1, in_f // g, g).expand(out_f, -1, -1).reshape(-1, g))
+        grid = (s.reshape(out_f, in_f // g).float(), z.reshape(out_f, in_f // g).float())
         s = s.reshape(out_f, in_f // g).repeat_interleave(g, dim=1)
         z = z.reshape(out_f, in_f // g).repeat_interleave(g, dim=1)
     else:
         s, z = weight_qparams(W, bits, sym, wcfg.clip_search, importance=imp[None, :])
+        grid = (s.float(), z.float())
         s, z = s.expand(out_f, in_f), z.expand(out_f, in_f)
 
     if gcfg.act_order:
@@ -105,4 +111,4 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, wcfg: WeightQuantConf
     Q = Qt.T
     if gcfg.act_order:
         Q = Q[:, torch.argsort(perm)]
-    return Q.to(dtype)
+    return (Q.to(dtype), *grid) if return_qparams else Q.to(dtype)

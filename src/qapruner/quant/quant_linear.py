@@ -110,13 +110,40 @@ class QuantLinear(nn.Module):
         self.act_quant = ActQuantizer(act_cfg)
         self.weight_quantized = False
         self.wbits = 16
+        # the integer grid of the quantized weight (set by the weight method; for export): one (scale, zero)
+        # per output channel (shape (out, 1)) or per channel and group of ``weight_group_size`` inputs
+        self.register_buffer("weight_scale", None, persistent=False)
+        self.register_buffer("weight_zero", None, persistent=False)
+        self.weight_group_size: int | None = None
 
-    def set_quantized_weight(self, weight: torch.Tensor, bits: int) -> None:
-        """Install the (fake-)quantized weight a weight method computed, and record its bit width."""
+    def set_quantized_weight(self, weight: torch.Tensor, bits: int, scale: torch.Tensor | None = None,
+                             zero: torch.Tensor | None = None, group_size: int | None = None) -> None:
+        """Install the (fake-)quantized weight a weight method computed, and record its bit width and, when
+        given, its grid: ``weight = (q - zero) · scale`` with integers ``q``, ``scale``/``zero`` of shape
+        ``(out, 1)`` (per channel) or ``(out, in // group_size)``."""
         if tuple(weight.shape) != tuple(self.weight.shape):
             raise QAPrunerError(f"Quantized weight has shape {tuple(weight.shape)}, expected {tuple(self.weight.shape)}.")
+        if scale is not None:
+            groups = 1 if group_size is None else self.in_features // group_size
+            if tuple(scale.shape) != (self.out_features, groups) or (zero is not None and zero.shape != scale.shape):
+                raise QAPrunerError(f"Weight scales of shape {tuple(scale.shape)} do not fit a {self.out_features}x"
+                                    f"{self.in_features} weight with group size {group_size}.")
         self.weight.data = weight.to(self.weight.dtype)
         self.weight_quantized, self.wbits = True, bits
+        self.weight_scale = None if scale is None else scale.detach().clone()
+        self.weight_zero = None if scale is None else (torch.zeros_like(self.weight_scale) if zero is None
+                                                       else zero.detach().to(self.weight_scale.dtype).clone())
+        self.weight_group_size = group_size if scale is not None else None
+
+    def integer_weight(self) -> torch.Tensor:
+        """The integer codes ``q`` of the quantized weight (int32, shape (out, in)): ``round(w / s) + z`` on the
+        recorded grid. Raises if the weight method recorded no grid."""
+        if self.weight_scale is None:
+            raise QAPrunerError("This layer's weight method recorded no quantization grid (scales).")
+        g = self.weight_group_size or self.in_features
+        s = self.weight_scale.repeat_interleave(g, dim=1).to(torch.float64)
+        z = self.weight_zero.repeat_interleave(g, dim=1).to(torch.float64)
+        return (torch.round(self.weight.detach().to(torch.float64) / s) + z).to(torch.int32)
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_transform(x) if self.input_transform is not None else x

@@ -159,14 +159,21 @@ def check_group_size(group_size: int | None, in_features: int) -> int | None:
 
 
 def quantize_weight_rtn(
-    w: torch.Tensor, bits: int, sym: bool = True, group_size: int | None = None, clip_search: bool = False
-) -> torch.Tensor:
-    """Round-to-nearest fake-quant of a ``(out, in)`` weight, per output channel or per input-channel group."""
+    w: torch.Tensor, bits: int, sym: bool = True, group_size: int | None = None, clip_search: bool = False,
+    return_qparams: bool = False,
+):
+    """Round-to-nearest fake-quant of a ``(out, in)`` weight, per output channel or per input-channel group.
+
+    With ``return_qparams`` also the grid it used: ``(w_q, scale, zero)`` with ``scale``/``zero`` of shape
+    ``(out, in // G)`` (``(out, 1)`` per channel), so that ``w_q = (q - zero) · scale`` for integers ``q``."""
     if bits >= 16:
-        return w
+        return (w, None, None) if return_qparams else w
     w = w.clone()  # a fresh, contiguous copy: weights loaded from a GGUF can sit in very slow storage
     out_f, in_f = w.shape
     g = check_group_size(group_size, in_f)
     w2 = w.reshape(-1, g) if g else w
     scale, zero = weight_qparams(w2, bits, sym, clip_search)
-    return fake_quant(w2, scale, zero, bits, sym).reshape(out_f, in_f)
+    wq = fake_quant(w2, scale, zero, bits, sym).reshape(out_f, in_f)
+    if not return_qparams:
+        return wq
+    return wq, scale.reshape(out_f, -1), zero.reshape(out_f, -1)
