@@ -46,3 +46,18 @@ def test_alignment_learns_separable_classes_at_word_norm():
     assert hist[0]["acc"] < 0.8 and sum(h["acc"] for h in hist[-10:]) / 10 == 1.0
     out = proj(feats)
     assert abs(out.norm(dim=-1).mean().item() / norm - 1) < 0.1
+
+
+def test_shapes_labels_take_single_object_scenes_only():
+    from qapruner.align import shapes_labels
+    from qapruner.tasks import load_task
+
+    items = load_task("shapes", "test").items[:60]
+    labels = shapes_labels(items)
+    singles = {it.image for it in items if it.kind == "count" and it.answer == "one"}
+    assert set(labels) == singles and len(singles) == 5  # scenes 0, 3, 6, ... hold one object
+    from qapruner.tasks.shapes import scenes
+
+    for image, lab in labels.items():
+        (obj,) = scenes("test")[image].objects
+        assert lab == {"color": obj.color, "shape": obj.shape}

@@ -26,7 +26,8 @@ N_TOKENS, GRID = 16, (4, 4)
 
 def synthetic_task(name: str, n: int = 40) -> Task:
     answers = ("yes", "no")
-    items = [Item(f"{name}/{i}", i % 10, f"question {i}?", f"question {i}?", answers, answers[i % 2]) for i in range(n)]
+    items = [Item(f"{name}/{i}", i % 10, f"question {i}?", f"question {i}?", answers, answers[i % 2],
+                  kind="a" if i < n // 2 else "b") for i in range(n)]
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (20, 20, 3), dtype=np.uint8) for _ in range(10)]
     return Task(name, items, 10, lambda i: Image.fromarray(imgs[i]), cache_key=f"{name}-test", meta={"split": "test"})
@@ -74,14 +75,15 @@ class FakeBackend(Backend):
         quant = ecfg.preset
         assert loaded.quant == quant  # each row runs on the model of its own preset
         p = ecfg.prune
-        kind = "dense" if p is None else ("qa" if p.qa else "host")
+        kind = "blank" if ecfg.blank_image else "dense" if p is None else ("qa" if p.qa else "host")
+        assert ecfg.blank_image == (task.cache_key.startswith("blank"))  # the blind row runs on the blanked task
         store = ItemStore(items_path, ecfg.key())
         rows = []
         k = N_TOKENS if p is None else num_keep(p.keep, N_TOKENS)
         for it in task.items:
             i = int(it.uid.split("/")[1])
             ok = self.outcome(kind, quant, p and p.host, p and p.keep, i)
-            row = {"uid": it.uid, "pred": it.answer if ok else "x", "answer": it.answer, "correct": ok}
+            row = {"uid": it.uid, "pred": it.answer if ok else "x", "answer": it.answer, "correct": ok, "kind": it.kind}
             if p is not None:
                 start = (i + (3 if p.qa else 0)) % N_TOKENS
                 row["kept"] = sorted((start + j) % N_TOKENS for j in range(k))
@@ -118,15 +120,19 @@ def test_grid_rows(tmp_path):
     cfg = cfg_for(tmp_path)
     rows = build_grid(cfg)
     kinds = [r.kind for r in rows]
-    assert kinds.count("fp-dense") == 1 and kinds.count("q-dense") == 1
+    assert kinds.count("fp-dense") == 1 and kinds.count("q-dense") == 1 and kinds.count("fp-blank") == 1
     assert kinds.count("fp-host") == 4 and kinds.count("q-host") == 4 and kinds.count("q-qa") == 4
-    assert len(rows) == 14
+    assert len(rows) == 15
+    blind = rows[kinds.index("fp-blank")]
+    assert blind.eval_config(cfg).blank_image and blind.host is None and blind.quant is None
+    assert blind.config_id(cfg) != Row("t1").config_id(cfg) and "__blank__" in blind.config_id(cfg)
+    assert len(build_grid(cfg_for(tmp_path, blank=False))) == 14
     assert Row("t1", "w4a4", "cdpruner", 0.125, True) in rows
     assert not any(r.kind == "fp-qa" for r in rows)
     assert len({r.config_id(cfg) for r in rows}) == len(rows)
-    assert len(build_grid(cfg_for(tmp_path, fp_pruned=False))) == 10
+    assert len(build_grid(cfg_for(tmp_path, fp_pruned=False))) == 11
     two = cfg_for(tmp_path, quant="w4a4,w4a8", tasks="t1,t2")
-    assert len(build_grid(two)) == 2 * (1 + 4 + 2 * (1 + 8))
+    assert len(build_grid(two)) == 2 * (2 + 4 + 2 * (1 + 8))
     # the id changes with anything that changes per-item results, not with the batch size
     r = Row("t1", "w4a4", "cls", 0.5, True)
     assert r.config_id(cfg) != r.config_id(cfg_for(tmp_path, seed=1))
@@ -187,13 +193,13 @@ def test_pipeline_outputs_and_stats(tmp_path):
     backend = FakeBackend(crafted_outcome)
     res = run_compare(cfg, backend, argv=["compare", "--tasks", "t1"], log=lambda *a: None, env=ENV)
     out = Path(cfg.out)
-    assert backend.loaded == 1 and backend.quantized == [("w4a4", "t1")] and len(backend.evaluated) == 14
+    assert backend.loaded == 1 and backend.quantized == [("w4a4", "t1")] and len(backend.evaluated) == 15
     for name in ("results.json", "report.md", "report.html", "accuracy_t1.png", "qa_minus_host.png", "gallery.png"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "accuracy_t1.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((out / "results.json").read_text())
     assert saved["command"] == "qapruner compare --tasks t1" and saved["seeds"]["subset"] == 0
-    assert saved["environment"] == ENV and len(saved["configs"]) == 14
+    assert saved["environment"] == ENV and len(saved["configs"]) == 15
     assert all({"accuracy", "ci95", "n", "visual_tokens", "timing"} <= set(c) for c in saved["configs"])
     comp = {(c["host"], c["keep"]): c for c in saved["comparisons"]}
     assert len(comp) == 4
@@ -202,9 +208,22 @@ def test_pipeline_outputs_and_stats(tmp_path):
     assert c["diff"] == pytest.approx(6 / 40) and not c["significant"]
     assert comp[("cls", 0.5)]["p_value"] == 1.0
     md = (out / "report.md").read_text()
-    assert "| task | n | FP dense | W4A4 dense | W4A4 + cls | W4A4 + QA-cls | W4A4 + cdpruner | W4A4 + QA-cdpruner |" in md
-    # Table 1 row: FP dense 75 %, Wq dense 75 %, cls host/QA 50 %, cdpruner 52.5 % / 67.5 %
-    assert "| t1 | 40 | 75.0 | 75.0 | 50.0 | 50.0 = | 52.5 | 67.5 ▲ |" in md
+    assert ("| task | n | FP dense | FP blank image | W4A4 dense | W4A4 + cls | W4A4 + QA-cls | W4A4 + cdpruner | "
+            "W4A4 + QA-cdpruner |") in md
+    # Table 1 row: FP dense 75 %, blank 50 %, Wq dense 75 %, cls host/QA 50 %, cdpruner 52.5 % / 67.5 %
+    assert "| t1 | 40 | 75.0 | 50.0 | 75.0 | 50.0 | 50.0 = | 52.5 | 67.5 ▲ |" in md
+    # the blind model (right on even items) gets the 20 odd items wrong: they are the image-dependent part
+    dep = saved["image_dependence"]["t1"]
+    assert (dep["n"], dep["image_dependent"], dep["kinds"]) == (40, 20, {"a": 20, "b": 20})
+    rows = {r["label"]: r for r in dep["rows"]}
+    # FP dense is right on i % 4 != 0: of the odd items all 20, of kind a (i < 20) 15
+    assert rows["FP dense"]["image_dependent"] == 1.0 and rows["FP dense"]["kinds"]["a"] == 0.75
+    assert rows["FP dense, blank image"]["image_dependent"] == 0.0
+    # QA-cdpruner @ 0.125 is right on i < 27: 13 of the 20 odd items
+    assert rows["W4A4 + QA-cdpruner @ 0.125"]["image_dependent"] == pytest.approx(13 / 20)
+    assert "## How much the image decides" in md
+    assert "the blind model gets 20 of 40 items wrong (50 % of the column is image-dependent)" in md
+    assert "| FP dense | 75.0 | 100.0 | 75.0 | 75.0 |" in md
     assert "None of the 4 QA − host differences is significant" in md
     assert "## All configurations: t1" in md and "![" in md
     assert "<table>" in (out / "report.html").read_text()
@@ -219,14 +238,14 @@ def test_rerun_after_interruption_skips_finished(tmp_path):
     assert len(first.evaluated) == 5
     second = FakeBackend()
     res = run_compare(cfg, second, log=lambda *a: None, env=ENV)
-    assert len(second.evaluated) == 14 - 5
-    assert (res["wall"]["configs_computed"], res["wall"]["configs_reused"]) == (9, 5) and res["wall"]["seconds"] >= 0
-    assert "9 configurations computed, 5 reused" in (Path(cfg.out) / "report.md").read_text()
+    assert len(second.evaluated) == 15 - 5
+    assert (res["wall"]["configs_computed"], res["wall"]["configs_reused"]) == (10, 5) and res["wall"]["seconds"] >= 0
+    assert "10 configurations computed, 5 reused" in (Path(cfg.out) / "report.md").read_text()
     assert not set(first.evaluated) & set(second.evaluated)
     third = FakeBackend()
     res = run_compare(cfg, third, log=lambda *a: None, env=ENV)
     assert third.evaluated == [] and third.loaded == 0 and third.quantized == [] and third.gallery_calls == 0
-    assert len(res["configs"]) == 14
+    assert len(res["configs"]) == 15
     # a changed option only reruns what it changes: alpha touches the QA rows alone
     fourth = FakeBackend()
     run_compare(cfg_for(tmp_path, alpha=0.5), fourth, log=lambda *a: None, env=ENV)
@@ -241,7 +260,7 @@ def test_one_quantized_model_per_preset(tmp_path):
     assert b.quantized == [("w4a4", "t1"), ("w4a8-gptq", "t1"), ("w4a8-gptq", "t2")]
     assert len(res["comparisons"]) == 2 * 2 * 2 * 2
     md = (Path(cfg.out) / "report.md").read_text()
-    assert "| task | Wq | n | FP dense | Wq dense |" in md and "| t2 | W4A8-GPTQ |" in md
+    assert "| task | Wq | n | FP dense | FP blank image | Wq dense |" in md and "| t2 | W4A8-GPTQ |" in md
     assert not (Path(cfg.out) / "gallery.png").exists()
 
 
@@ -258,7 +277,7 @@ def test_cli_parses_and_merges_config(tmp_path):
     assert cfg.limit == 8 and cfg.seed == 3 and not cfg.fp_pruned and cfg.keeps == [0.125]
     args = build_parser().parse_args(["compare", "--task", "fashion-mnist"])
     cfg = config_from_args(args)
-    assert cfg.tasks == ["fashion-mnist"] and cfg.model == "testbed" and cfg.batch_size == 16
+    assert cfg.tasks == ["fashion-mnist"] and cfg.model == "testbed:v2" and cfg.batch_size == 16
     assert cfg.limit == 48  # without --config a small default run, not the full test sets
 
 

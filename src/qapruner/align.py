@@ -62,6 +62,18 @@ def easy_vqa_labels(items) -> dict[int, dict[str, str]]:
     return labels
 
 
+def shapes_labels(items) -> dict[int, dict[str, str]]:
+    """Per single-object scene of the ``shapes`` task: its colour and shape, from its "What shape is the <colour>
+    object?" question (scenes with several objects have no single word per group and are left out)."""
+    single = {it.image for it in items if it.kind == "count" and it.answer == "one"}
+    labels: dict[int, dict[str, str]] = {}
+    for it in items:
+        if it.kind == "shape" and it.image in single:
+            color = re.match(r"What shape is the (\w+) object", it.question).group(1)
+            labels[it.image] = {"color": color, "shape": it.answer}
+    return labels
+
+
 def fashion_labels(items) -> dict[int, dict[str, str]]:
     return {it.image: {"class": CLASSES["ABCDEFGHIJ".index(it.answer)]} for it in items}
 

@@ -1,7 +1,9 @@
-"""Training the testbed's projector on easy-VQA + Fashion-MNIST training splits (vision tower and LLM frozen).
+"""Training the testbed's projector + LoRA on the training splits of easy-VQA, Fashion-MNIST and shapes (vision
+tower and LLM weights frozen).
 
 Recipe (see docs/testbed.md): cached DINOv2 features; stage 1 (``align.py``) aligns the projector to the
-LLM's word embeddings without the LLM; stage 2 (here) trains with the LLM in the loop:
+LLM's word embeddings without the LLM; stage 2 (here) trains with the LLM in the loop (asset v2 continues
+stage 2 from asset v1, ``init``):
 loss = cross-entropy on the answer tokens only;
 AdamW with warmup + cosine decay; bf16 autocast on the CPU for speed (evaluation stays fp32);
 optional LoRA (rank 8) on every LLM linear, merged into the weights at load time;
@@ -22,20 +24,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from .align import AlignConfig, align_projector, easy_vqa_labels, fashion_labels, word_vectors, EASY_COLORS, EASY_SHAPES
+from .align import (EASY_COLORS, EASY_SHAPES, AlignConfig, align_projector, easy_vqa_labels, fashion_labels,
+                    shapes_labels, word_vectors)
 from .tasks.fashion_mnist import CLASSES
 from .models.features import FeatureCache
 from .models.llava import pad
-from .models.lora import add_lora, lora_state
+from .models.assets import ASSETS
+from .models.lora import add_lora, load_lora_state, lora_state
 from .models.registry import load_testbed_adapter
 from .tasks import load_task
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 400
+    steps: int = 500
     checkpoint_every: int = 50  # write the asset every N steps (a usable partial result)
     batch_size: int = 8
     lr: float = 5e-4
@@ -43,14 +47,27 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     token_keep: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
-    tasks: dict[str, int] = field(default_factory=lambda: {"easy-vqa": 2700, "fashion-mnist": 1500})  # images per task
-    task_weights: dict[str, float] = field(default_factory=lambda: {"easy-vqa": 0.5, "fashion-mnist": 0.5})
+    # images per task (the first N of its train split) and each task's share of the batches
+    tasks: dict[str, int] = field(default_factory=lambda: {"easy-vqa": 2700, "fashion-mnist": 3000, "shapes": 4000})
+    task_weights: dict[str, float] = field(default_factory=lambda: {"easy-vqa": 0.25, "fashion-mnist": 0.3,
+                                                                    "shapes": 0.45})
+    init: str = "v1"            # warm start from this committed asset (projector + LoRA); "" = from scratch
     bf16: bool = True
     lora_rank: int = 8          # 0 = projector only
     lora_alpha: float = 16.0
     lora_lr: float = 5e-4
     align: AlignConfig = field(default_factory=AlignConfig)  # stage 1; steps=0 skips it
-    out: str = "src/qapruner/assets/testbed_projector.safetensors"
+    out: str = "src/qapruner/assets/testbed_v2.safetensors"
+
+    @classmethod
+    def from_recipe(cls, path: str | Path) -> "TrainConfig":
+        """The config a committed asset was trained with (its ``.json``); fields it predates keep the value that
+        reproduces it (``init`` = "" : v1 was trained from scratch)."""
+        saved = dict(json.loads(Path(path).read_text())["config"])
+        saved.setdefault("init", "")
+        align = AlignConfig(**saved.pop("align"))
+        saved["token_keep"] = tuple(saved["token_keep"])
+        return cls(**saved, align=align)
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
@@ -79,12 +96,18 @@ def train_projector(cfg: TrainConfig) -> dict:
         cache.ensure(sorted({it.image for it in items}))
         pools[name] = (items, cache)
     names = list(pools)
-    if cfg.align.steps:
+    start_state = load_file(str(ASSETS.get(cfg.init, Path(cfg.init)))) if cfg.init else None
+    if start_state is not None:  # warm start: stage 1 is already in the starting asset
+        projector.load_state_dict({k[len("projector."):]: v for k, v in start_state.items()
+                                   if k.startswith("projector.")})
+    elif cfg.align.steps:
         _stage1(adapter, projector, pools, cfg.align)
     weights = [cfg.task_weights[n] for n in names]
     n_tokens = adapter.n_visual
 
     lora = add_lora(adapter.parts.lm, cfg.lora_rank, cfg.lora_alpha, cfg.seed) if cfg.lora_rank else {}
+    if start_state is not None and lora:
+        load_lora_state(lora, start_state)
     groups = [{"params": list(projector.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
     if lora:
         groups.append({"params": [p for m in lora.values() for p in (m.lora_a, m.lora_b)], "lr": cfg.lora_lr,
@@ -137,7 +160,7 @@ def train_projector(cfg: TrainConfig) -> dict:
 
 def _stage1(adapter, projector, pools, cfg: AlignConfig) -> None:
     """Align the projector to word embeddings of each image's content words (see align.py)."""
-    label_fns = {"easy-vqa": easy_vqa_labels, "fashion-mnist": fashion_labels}
+    label_fns = {"easy-vqa": easy_vqa_labels, "fashion-mnist": fashion_labels, "shapes": shapes_labels}
     align_pools = []
     for name, (items, cache) in pools.items():
         labels = label_fns[name](items)

@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
                    help="execution dtype of the projector and LLM (bfloat16: FP / weight-only presets only)")
     p.add_argument("--no-fp-pruned", dest="fp_pruned", action="store_const", const=False, default=None,
                    help="skip the FP + host reference rows")
+    p.add_argument("--no-blank", dest="blank", action="store_const", const=False, default=None,
+                   help="skip the blind baseline (FP dense on a blank image) and the image-dependence section")
     p.add_argument("--gallery", type=int, default=None, help="images in the kept-token gallery (default 4; 0: none)")
     p.add_argument("--bootstrap-reps", type=int, default=None, help="paired bootstrap resamples (default 10000)")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/compare)")
@@ -43,7 +45,7 @@ def add_parser(sub) -> None:
 
 DEFAULT_LIMIT = 48  # items per task without --config or --limit (the demo's size)
 CLI_KEYS = ("model", "tasks", "quant", "dtype", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "fp_pruned",
-            "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples")
+            "blank",            "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples")
 
 
 def config_from_args(args):

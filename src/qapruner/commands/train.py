@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..errors import QAPrunerError
 
@@ -16,6 +17,11 @@ def add_parser(sub) -> None:
     p.add_argument("--align-steps", type=int, default=None,
                    help="stage-1 alignment steps without the LLM (default: the recipe's; 0 skips stage 1)")
     p.add_argument("--out", default=None, help="where to write the projector safetensors")
+    p.add_argument("--recipe", default=None, metavar="NAME|FILE.json",
+                   help="train with the recipe of a committed asset (v1, v2) or of an asset's .json "
+                        "(default: the recipe of the current default asset, v2)")
+    p.add_argument("--init", default=None, metavar="NAME|FILE",
+                   help="warm start from this asset (default: the recipe's; '' trains from scratch)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 (slower)")
     p.set_defaults(func=run)
 
@@ -24,7 +30,15 @@ def run(args) -> int:
     from ..train import TrainConfig, train_projector
 
     cfg = TrainConfig()
-    for field in ("steps", "batch_size", "lr", "seed", "out"):
+    if args.recipe:
+        from ..models.assets import ASSETS
+
+        path = ASSETS[args.recipe].with_suffix(".json") if args.recipe in ASSETS else Path(args.recipe)
+        if not path.is_file():
+            raise QAPrunerError(f"Recipe '{args.recipe}' is neither a committed asset ({', '.join(ASSETS)}) nor a "
+                                "JSON file.")
+        cfg = TrainConfig.from_recipe(path)
+    for field in ("steps", "batch_size", "lr", "seed", "out", "init"):
         value = getattr(args, field)
         if value is not None:
             setattr(cfg, field, value)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import QAPrunerError
+from ..models.assets import canonical_model
 from ..prune.config import HOSTS, SENSITIVITIES
 
 DEFAULT_TASKS = ("easy-vqa", "fashion-mnist")
@@ -46,6 +47,7 @@ class CompareConfig:
     seed: int = 0
     out: str = "runs/compare"
     fp_pruned: bool = True             # FP + host reference rows
+    blank: bool = True                 # FP dense on a blank image: the blind baseline and the image-dependent items
     mode: str = "choice"               # choice | generate (greedy)
     max_new_tokens: int = 10
     batch_size: int = 16
@@ -56,6 +58,7 @@ class CompareConfig:
     notes: str = ""                    # free text copied into the report (e.g. how a recipe maps to the paper)
 
     def __post_init__(self) -> None:
+        self.model = canonical_model(self.model)
         self.tasks = _split(self.tasks, "tasks")
         self.quant = [q.lower() for q in _split(self.quant, "quant")]
         if any(q in ("fp", "none", "fp16", "fp32") for q in self.quant):

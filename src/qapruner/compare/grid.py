@@ -1,6 +1,6 @@
 """The rows of the comparison and their stable ids.
 
-Per task: FP dense; FP + host at every keep (reference, unless ``fp_pruned`` is off); and per quantization
+Per task: FP dense; FP dense on a blank image (the blind baseline, unless ``blank`` is off); FP + host at every keep (reference, unless ``fp_pruned`` is off); and per quantization
 preset: Wq dense, Wq + host and Wq + QA-host at every keep. All rows of a task score the same items.
 """
 
@@ -22,10 +22,13 @@ class Row:
     host: str | None = None    # None = dense (all visual tokens)
     keep: float | None = None
     qa: bool = False
+    blank: bool = False        # every image replaced by a blank one (FP dense only): what the text alone answers
 
     @property
     def kind(self) -> str:
-        """fp-dense | q-dense | fp-host | q-host | q-qa"""
+        """fp-dense | fp-blank | q-dense | fp-host | q-host | q-qa"""
+        if self.blank:
+            return "fp-blank"
         if self.host is None:
             return "fp-dense" if self.quant is None else "q-dense"
         if self.quant is None:
@@ -35,6 +38,8 @@ class Row:
     @property
     def label(self) -> str:
         q = "FP" if self.quant is None else self.quant.upper()
+        if self.blank:
+            return "FP dense, blank image"
         if self.host is None:
             return f"{q} dense"
         return f"{q} + {'QA-' if self.qa else ''}{self.host} @ {self.keep:g}"
@@ -51,6 +56,7 @@ class Row:
     def eval_config(self, cfg: CompareConfig) -> EvalConfig:
         return EvalConfig(model=cfg.model, task=self.task, limit=cfg.limit, seed=cfg.seed, quant=self.quant,
                           calib_samples=cfg.calib_samples, prune=self.prune_config(cfg), mode=cfg.mode,
+                          blank_image=self.blank,
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                           dtype=cfg.dtype)
 
@@ -61,7 +67,7 @@ class Row:
     def config_id(self, cfg: CompareConfig) -> str:
         """Readable and unique: ``<task>__<quant>__<host[-qa]-k<keep>|dense>__<hash>``."""
         q = self.quant or "fp"
-        p = "dense" if self.host is None else f"{self.host}{'-qa' if self.qa else ''}-k{self.keep:g}"
+        p = "blank" if self.blank else "dense" if self.host is None else f"{self.host}{'-qa' if self.qa else ''}-k{self.keep:g}"
         return f"{slug(self.task)}__{slug(q)}__{p}__{config_hash(self.fingerprint(cfg))}"
 
     def to_dict(self) -> dict:
@@ -76,6 +82,8 @@ def build_grid(cfg: CompareConfig) -> list[Row]:
     rows: list[Row] = []
     for task in cfg.tasks:
         rows.append(Row(task))
+        if cfg.blank:
+            rows.append(Row(task, blank=True))
         if cfg.fp_pruned:
             rows += [Row(task, None, h, k) for h in cfg.hosts for k in cfg.keeps]
         for q in cfg.quant:

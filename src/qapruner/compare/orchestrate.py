@@ -220,7 +220,7 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
                 model, qinfo = models[key]
             for r in task_rows:
                 cid = ids[r]
-                s = backend.evaluate(model, task, r.eval_config(cfg), items_dir / f"{cid}.jsonl", progress,
+                s = backend.evaluate(model, task.blank() if r.blank else task, r.eval_config(cfg), items_dir / f"{cid}.jsonl", progress,
                                      f"{tname} · {r.label}")
                 s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo})
                 write_json(summary_path(items_dir, cid), s)

@@ -22,7 +22,7 @@ def _acc(c) -> float:
 
 def accuracy_vs_keep(results: dict, task: str, path: Path) -> Path:
     """One panel per host: Wq + host and Wq + QA-host vs keep ratio (one line style per preset), FP + host
-    dashed, FP dense and Wq dense as horizontal references."""
+    dashed, FP dense, FP on a blank image and Wq dense as horizontal references."""
     cfgs = [c for c in results["configs"] if c["task"] == task]
     hosts = results["config"]["hosts"]
     quants = results["config"]["quant"]
@@ -35,10 +35,12 @@ def accuracy_vs_keep(results: dict, task: str, path: Path) -> Path:
         sel = [c for c in cfgs if c["kind"] == kind and c["quant"] == quant and c["host"] == host]
         return sorted(sel, key=lambda c: c["keep"] or 1.0)
 
-    fp_dense = pick("fp-dense")
+    fp_dense, blank = pick("fp-dense"), pick("fp-blank")
     for ax, host in zip(axes.flat, hosts):
         if fp_dense:
             ax.axhline(_acc(fp_dense[0]), color="black", lw=1, ls=":", label="FP dense")
+        if blank:
+            ax.axhline(_acc(blank[0]), color="#999999", lw=1.5, ls="-.", label="FP, blank image (text only)")
         fp_host = pick("fp-host", None, host)
         if fp_host:
             ax.plot([c["keep"] for c in fp_host], [_acc(c) for c in fp_host], color=FP_COLOR, ls="--", marker="^",

@@ -10,6 +10,7 @@ from ..errors import QAPrunerError
 from ..eval.stats import wilson_ci
 from ..io import write_json
 from .archive import read_records
+from .image_dependence import image_dependence
 from .pipeline import write_outputs
 from .stats import holm, qa_vs_host
 
@@ -26,7 +27,7 @@ def regenerate(out_dir: str | Path, log=print) -> dict:
         raise QAPrunerError(f"'{path}' does not exist; --from-archive needs a report directory written by compare.")
     results = json.loads(path.read_text())
     records = read_records(out_dir, results)
-    corr, kept, grid = {}, {}, []
+    corr, kept, grid, kinds = {}, {}, [], {}
     for c in results["configs"]:
         rec = records.get(c["id"])
         if rec is None:
@@ -36,6 +37,7 @@ def regenerate(out_dir: str | Path, log=print) -> dict:
         rows = rec["rows"]
         corr[c["id"]] = {r["uid"]: bool(r["correct"]) for r in rows}
         kept[c["id"]] = {r["uid"]: r["kept"] for r in rows if "kept" in r}
+        kinds.update({r["uid"]: r["kind"] for r in rows if r.get("kind")})
         n, correct = len(rows), sum(corr[c["id"]].values())
         c.update({"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
                   "ci95": list(wilson_ci(correct, n))})
@@ -49,6 +51,7 @@ def regenerate(out_dir: str | Path, log=print) -> dict:
     for c, p in zip(comps, holm([c["p_value"] for c in comps])):  # the same family (and alpha 0.05) as qa_vs_host
         c.update({"p_holm": p, "significant": c["p_value"] < 0.05, "significant_holm": p < 0.05})
     results["comparisons"] = comps
+    results["image_dependence"] = image_dependence(results["configs"], corr, kinds)
     missing = len(results["configs"]) - len(grid)
     if missing:
         log(f"{missing} configurations have no archived records: their results.json values are kept, and so are "

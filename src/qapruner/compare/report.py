@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .config import CompareConfig
+from .image_dependence import image_dependence, markdown_section
 from .stats import qa_vs_host
 
 SUMMARY_KEYS = ("n", "correct", "accuracy", "ci95", "visual_tokens", "timing", "seconds", "items_per_second",
@@ -31,7 +32,9 @@ def build_results(cfg: CompareConfig, grid: dict, corr: dict, env: dict, argv: l
         gallery = {"task": plan.task, "quant": plan.quant, "host": plan.host, "keep": plan.keep, "uids": plan.uids,
                    "host_id": ids.get((plan.task, plan.quant, plan.host, plan.keep, False)),
                    "qa_id": ids.get((plan.task, plan.quant, plan.host, plan.keep, True))}
+    kinds = {it.uid: it.kind for t in grid["tasks"].values() for it in t.items if it.kind}
     return {
+        "image_dependence": image_dependence(configs, corr, kinds),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command, "argv": argv,
         "config": cfg.to_dict(),
@@ -78,15 +81,17 @@ def table1(results: dict) -> tuple[list[str], list[list[str]]]:
     k = results["paper_keep"]
     multi = len(cfg["quant"]) > 1
     w = "Wq" if multi else cfg["quant"][0].upper()  # one preset: name it in the headers
-    header = ["task"] + (["Wq"] if multi else []) + ["n", "FP dense", f"{w} dense"]
+    blind = any(c["kind"] == "fp-blank" for c in results["configs"])
+    header = ["task"] + (["Wq"] if multi else []) + ["n", "FP dense"] + (["FP blank image"] if blind else []) + \
+             [f"{w} dense"]
     for h in cfg["hosts"]:
         header += [f"{w} + {h}", f"{w} + QA-{h}"]
     rows = []
     for t in cfg["tasks"]:
         fp = _find(results, t, "fp-dense")
         for q in cfg["quant"]:
-            r = [t] + ([q.upper()] if multi else []) + [str(fp["n"] if fp else "–"), _pct(fp and fp["accuracy"]),
-                                                        _pct(_c(_find(results, t, "q-dense", q)))]
+            r = [t] + ([q.upper()] if multi else []) + [str(fp["n"] if fp else "–"), _pct(fp and fp["accuracy"])] \
+                + ([_pct(_c(_find(results, t, "fp-blank")))] if blind else []) + [_pct(_c(_find(results, t, "q-dense", q)))]
             for h in cfg["hosts"]:
                 a, b = _find(results, t, "q-host", q, h, k), _find(results, t, "q-qa", q, h, k)
                 ca, cb = _c(a), _c(b)
@@ -199,6 +204,7 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
     L += ["McNemar: exact two-sided binomial test on the items exactly one of the two got right. CI: paired "
           f"bootstrap over items ({cfg['bootstrap_reps']} resamples). Holm: family-wise correction over all rows "
           "of this table.", ""]
+    L += markdown_section(results, _pct, _table)
     for t in cfg["tasks"]:
         L += [f"## All configurations: {t}", ""] + _table(*full_table(results, t)) + [""]
     if plots:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from ..errors import QAPrunerError
+from ..models.assets import canonical_model
 from ..prune import PruneConfig
 from ..quant import QuantConfig
 
@@ -38,6 +39,7 @@ class EvalConfig:
     NOT_IN_KEY = {"batch_size": "left padding with position ids from the mask makes a row independent of its batch"}
 
     def __post_init__(self):
+        object.__setattr__(self, "model", canonical_model(self.model))  # "testbed" names its asset in the key
         if isinstance(self.quant, str):
             object.__setattr__(self, "quant", QuantConfig.from_preset(self.quant))
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit <= 0):

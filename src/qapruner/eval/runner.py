@@ -77,6 +77,8 @@ class Evaluator:
                     pred = self._answer(it, out, i, cfg.mode)
                     correct = normalize_answer(pred) == normalize_answer(it.answer)
                     row = {"uid": it.uid, "pred": pred, "answer": it.answer, "correct": correct}
+                    if it.kind:
+                        row["kind"] = it.kind
                     if out.keep is not None:
                         row["kept"] = out.keep[i].tolist()
                     rows.append(row)

@@ -44,6 +44,14 @@ def lora_state(wrapped: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+def load_lora_state(wrapped: dict[str, LoRALinear], state: dict[str, torch.Tensor]) -> None:
+    """Continue training from a saved asset: the inverse of ``lora_state`` (B stored with its scale folded in)."""
+    for name, m in wrapped.items():
+        m.lora_a.copy_(state[f"lora.{name}.a"])
+        m.lora_b.copy_(state[f"lora.{name}.b"] / m.scale)
+
+
+@torch.no_grad()
 def merge_lora(language_model: nn.Module, state: dict[str, torch.Tensor]) -> int:
     """W ← W + B A for every adapter in ``state`` (keys ``lora.<module>.a|b``); returns the number merged."""
     names = {k[len("lora."):-2] for k in state if k.startswith("lora.")}

@@ -10,6 +10,7 @@ from safetensors import SafetensorError
 
 from ..deploy.meta import prune_config_of, quant_config_of, read_meta
 from ..errors import QAPrunerError
+from .assets import ASSETS, canonical_model, asset_file
 from .llava import LlavaAdapter
 
 
@@ -19,24 +20,20 @@ def default_device() -> torch.device:
 
 def check_model_spec(spec: str) -> None:
     """The checks of ``--model`` that need no loading: a testbed asset or a local path must exist."""
-    if spec.startswith("testbed:") and not Path(spec[len("testbed:"):]).is_file():
-        raise QAPrunerError(f"Projector asset {spec[len('testbed:'):]} does not exist.")
-    if spec != "testbed" and not spec.startswith("testbed:") and _looks_like_path(spec) \
-            and not Path(spec).expanduser().exists():
+    asset = asset_file(spec)
+    if asset is not None and not asset.is_file():
+        names = ", ".join(f"testbed:{n}" for n in ASSETS)
+        raise QAPrunerError(f"Projector asset {asset} does not exist (named assets: {names}).")
+    if asset is None and _looks_like_path(spec) and not Path(spec).expanduser().exists():
         raise QAPrunerError(f"Model path '{spec}' does not exist.")
 
 
 def load_model(spec: str = "testbed", device: torch.device | None = None) -> LlavaAdapter:
     check_model_spec(spec)
     device = device or default_device()
-    if spec == "testbed" or spec.startswith("testbed:"):
-        # "testbed:PATH" = the testbed with another projector/LoRA asset (e.g. a training checkpoint)
-        from .testbed import PROJECTOR_ASSET
-
-        asset = Path(spec[len("testbed:"):]) if spec.startswith("testbed:") else PROJECTOR_ASSET
-        if not asset.is_file():
-            raise QAPrunerError(f"Projector asset {asset} does not exist.")
-        adapter = load_testbed_adapter(asset, name=spec)
+    asset = asset_file(spec)
+    if asset is not None:  # testbed, testbed:NAME (a committed asset) or testbed:PATH (e.g. a training checkpoint)
+        adapter = load_testbed_adapter(asset, name=canonical_model(spec))
         adapter.model.to(device)
         return adapter
     return _load_llava(spec, device)

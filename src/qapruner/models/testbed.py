@@ -15,13 +15,14 @@ from safetensors.torch import load_file
 from transformers import BitImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from ..paths import cache_dir
+from .assets import ASSETS, DEFAULT_ASSET
 from .lora import merge_lora
 from .smollm import load_smollm2
 from .vision import dinov2_config, load_dinov2_s14
 
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 224
-PROJECTOR_ASSET = Path(__file__).resolve().parent.parent / "assets" / "testbed_projector.safetensors"
+PROJECTOR_ASSET = ASSETS[DEFAULT_ASSET]
 TESTBED_VERSION = "1"  # bump when the assembly changes, so the cached directory is rebuilt
 
 # SmolLM2's ChatML turns, with LLaVA's "<image>\n" before the text of a user turn and no default system prompt.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -25,6 +25,7 @@ class Item:
     prompt: str         # the text of the user turn (question + options + answer instruction)
     choices: tuple[str, ...]  # candidate answers as the model should say them; empty = free-form
     answer: str         # the correct answer, one of choices when choices is non-empty
+    kind: str = ""      # question type for per-type accuracy ("yes/no", "shape", "count", ...); "" = untyped
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Task:
     def blank(self) -> "Task":
         """The same questions about one blank (white) image: how much do the answers depend on the image?"""
         size = self.load_image(0).size
-        items = [Item(it.uid, 0, it.question, it.prompt, it.choices, it.answer) for it in self.items]
+        items = [replace(it, image=0) for it in self.items]
         meta = dict(self.meta, image="blank white image")
         return Task(self.name, items, 1, lambda i: Image.new("RGB", size, (255, 255, 255)),
                     cache_key=f"blank-{size[0]}x{size[1]}", meta=meta)

@@ -17,6 +17,11 @@ def _module():
     return easy_vqa
 
 
+def _kind(answer: str) -> str:
+    """easy-VQA's question type follows from its answer: yes/no, a shape word or a colour word."""
+    return "yes/no" if answer in ("yes", "no") else "shape" if answer in ("circle", "rectangle", "triangle") else "color"
+
+
 @register_task("easy-vqa", train_split=True)
 def load_easy_vqa(split: str = "test") -> Task:
     ev = _module()
@@ -27,7 +32,7 @@ def load_easy_vqa(split: str = "test") -> Task:
     choices = tuple(sorted(ev.get_answers()))
     items = [
         Item(uid=f"easy-vqa/{split}/{n}", image=position[img], question=q, prompt=f"{q}\n{SHORT_ANSWER}",
-             choices=choices, answer=a)
+             choices=choices, answer=a, kind=_kind(a))
         for n, (q, a, img) in enumerate(zip(questions, answers, image_ids))
     ]
     return Task(f"easy-vqa", items, len(ordered), lambda i: Image.open(ordered[i]).convert("RGB"),

@@ -42,6 +42,6 @@ def load_fashion_mnist(split: str = "test") -> Task:
     x, y = _read(split)
     prompt, letters = fashion_prompt(), tuple(LETTERS[: len(CLASSES)])
     items = [Item(uid=f"fashion-mnist/{split}/{i}", image=i, question=QUESTION, prompt=prompt, choices=letters,
-                  answer=LETTERS[int(label)]) for i, label in enumerate(y)]
+                  answer=LETTERS[int(label)], kind="class") for i, label in enumerate(y)]
     return Task("fashion-mnist", items, len(x), lambda i: Image.fromarray(x[i]).convert("RGB"),
                 cache_key=f"fashion-mnist-{split}", meta={"split": split, "source": "Debian dataset-fashion-mnist"})

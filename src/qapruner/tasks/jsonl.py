@@ -1,6 +1,6 @@
 """Users' own data: ``jsonl:PATH``, one object per line:
 ``{"image": path relative to the file, "question": str, "choices": [str, ...] (optional), "answer": str,
-"scoring": "letters" | "words" (optional)}``.
+"scoring": "letters" | "words" (optional), "kind": str (optional: the question type, for per-type accuracy)}``.
 
 How an item with choices is asked and scored (``scoring``; the answer must be one of the choices, and no two
 choices may be equal ignoring case and surrounding spaces):
@@ -100,7 +100,7 @@ def load_jsonl(path: str) -> Task:
                 prompt = f"{question}\n{options}\n{MC_ANSWER}"
                 choices, answer = tuple(LETTERS[: len(choices)]), LETTERS[choices.index(answer)]
         items.append(Item(uid=f"jsonl/{n}", image=index[img], question=question, prompt=prompt, choices=choices,
-                          answer=answer))
+                          answer=answer, kind=str(row.get("kind", ""))))
     if not items:
         raise QAPrunerError(f"The JSONL task file '{file}' has no items.")
     stat = file.stat()

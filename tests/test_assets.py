@@ -1,0 +1,50 @@
+"""Named testbed assets, the training recipe of each, and the LoRA state round trip used to warm-start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qapruner.errors import QAPrunerError
+from qapruner.eval.config import EvalConfig
+from qapruner.models.assets import ASSETS, DEFAULT_ASSET, canonical_model, asset_file
+from qapruner.models.lora import add_lora, load_lora_state, lora_state
+from qapruner.models.registry import check_model_spec
+from qapruner.train import TrainConfig
+
+
+def test_testbed_names_its_asset_in_every_run_key(tmp_path):
+    assert canonical_model("testbed") == f"testbed:{DEFAULT_ASSET}" and canonical_model("org/llava") == "org/llava"
+    assert asset_file("testbed") == ASSETS[DEFAULT_ASSET] and asset_file("testbed:v1") == ASSETS["v1"]
+    assert asset_file("testbed:/x/y.safetensors").name == "y.safetensors" and asset_file("org/llava") is None
+    # the key of a run on "testbed" differs from one on the other asset: their stored results never mix
+    assert EvalConfig(model="testbed").key() == EvalConfig(model=f"testbed:{DEFAULT_ASSET}").key()
+    assert EvalConfig(model="testbed").key() != EvalConfig(model="testbed:v1").key()
+    with pytest.raises(QAPrunerError, match="named assets: testbed:v1, testbed:v2"):
+        check_model_spec(f"testbed:{tmp_path / 'none.safetensors'}")
+    assert ASSETS["v1"].is_file()
+
+
+def test_recipes_of_committed_assets_load_as_train_configs():
+    v1 = TrainConfig.from_recipe(ASSETS["v1"].with_suffix(".json"))
+    assert v1.init == "" and v1.tasks == {"easy-vqa": 2700, "fashion-mnist": 1500} and v1.steps == 400
+    assert v1.align.steps == 1000 and v1.token_keep == (1.0, 0.5, 0.25, 0.125)
+    assert TrainConfig().init == "v1" and "shapes" in TrainConfig().tasks
+
+
+def test_lora_state_round_trips_for_a_warm_start():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5))
+    net[0].q_proj = nn.Linear(6, 4)  # a target name, so add_lora wraps it
+    wrapped = add_lora(net, rank=2, alpha=4.0, seed=0)
+    for m in wrapped.values():
+        nn.init.normal_(m.lora_b)
+    state = lora_state(wrapped)
+    fresh_net = nn.Sequential(nn.Linear(6, 5))
+    fresh_net[0].q_proj = nn.Linear(6, 4)
+    fresh = add_lora(fresh_net, rank=2, alpha=4.0, seed=1)
+    load_lora_state(fresh, state)
+    for name in wrapped:
+        assert torch.equal(fresh[name].lora_a, wrapped[name].lora_a)
+        torch.testing.assert_close(fresh[name].lora_b, wrapped[name].lora_b)
