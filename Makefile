@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test experiment experiment-subset experiment-n600 train clean-cache
+.PHONY: setup demo test experiment experiment-v2 experiment-v2-subset experiment-subset experiment-n600 train clean-cache
 
 setup: $(STAMP) $(FASHION)
 
@@ -33,15 +33,24 @@ test: setup
 experiment: setup
 	$(BIN)/qapruner compare --config configs/experiment_full.toml
 
-# The committed report in docs/experiment/ (200 items per task, keep 12.5 %, every host).
+# The committed v1-testbed report in docs/experiment/ (200 items per task, keep 12.5 %, every host).
 experiment-subset: setup
 	$(BIN)/qapruner compare --config configs/experiment_subset.toml
 
-# The larger committed subset in docs/experiment-n600/ (600 items per task, keep 12.5 %, W4A4 rows only).
+# The headline experiment on the v2 testbed (3 tasks × 600 items, 2 presets, 2 keeps, every host; ~5-6 h, resumable).
+experiment-v2: setup
+	$(BIN)/qapruner compare --config configs/experiment_v2.toml
+
+# The committed part of it in docs/experiment-v2/.
+experiment-v2-subset: setup
+	$(BIN)/qapruner compare --config configs/experiment_v2_subset.toml
+
+# The larger committed v1-testbed subset in docs/experiment-n600/ (600 items per task, keep 12.5 %, W4A4 rows only).
 experiment-n600: setup
 	$(BIN)/qapruner compare --config configs/experiment_n600.toml
 
-# Reproduce the committed projector (src/qapruner/assets/testbed_projector.safetensors).
+# Reproduce the default testbed asset (src/qapruner/assets/testbed_v2.safetensors; it continues from v1).
+# `qapruner train --recipe v1 --out FILE` reproduces v1.
 train: setup
 	$(BIN)/qapruner train
 

@@ -9,7 +9,7 @@ from ..errors import QAPrunerError
 
 
 def add_model_task_args(p) -> None:
-    p.add_argument("--model", default="testbed", help="'testbed' (default), 'testbed:ASSET' (another projector/LoRA asset), a local llava-hf directory or a hub id")
+    p.add_argument("--model", default="testbed", help="'testbed' (default: the v2 asset), 'testbed:v1' (the first asset), 'testbed:FILE' (another projector/LoRA asset), a local llava-hf directory or a hub id")
     p.add_argument("--task", default="easy-vqa", help="easy-vqa (default) | fashion-mnist | jsonl:PATH | scienceqa-img")
     p.add_argument("--limit", type=int, default=None,
                    help="evaluate a fixed seeded subset of N items, stratified by answer (default: all)")

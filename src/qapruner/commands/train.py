@@ -22,7 +22,9 @@ def add_parser(sub) -> None:
                         "(default: the recipe of the current default asset, v2)")
     p.add_argument("--init", default=None, metavar="NAME|FILE",
                    help="warm start from this asset (default: the recipe's; '' trains from scratch)")
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32 (slower)")
+    p.add_argument("--bf16", dest="bf16", action="store_const", const=True, default=None,
+                   help="bf16 autocast (fast on CPUs with AVX-512 BF16 / AMX and on GPUs; default: the recipe's)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_const", const=False, help="train in fp32")
     p.set_defaults(func=run)
 
 
@@ -48,7 +50,8 @@ def run(args) -> int:
         cfg.align.steps = args.align_steps
     if cfg.steps <= 0 or cfg.batch_size <= 0:
         raise QAPrunerError("--steps and --batch-size must be positive.")
-    cfg.bf16 = not args.no_bf16
+    if args.bf16 is not None:
+        cfg.bf16 = args.bf16
     summary = train_projector(cfg)
     print(json.dumps({k: summary[k] for k in ("seconds", "final_loss_avg20")}))
     return 0
