@@ -120,26 +120,37 @@ def test_explicit_attention_equals_eager_attentions():
             seen["ctx"] = ctx
             return super().select(ctx)
 
+    # FastV's rule (its public code): the score is the attention row of layer K - 1, the pruned states are the
+    # input of layer K
     sdpa = tiny_llama(impl="sdpa")
     with torch.no_grad():
-        forward_with_inllm_pruning(sdpa, emb, mask, vis, Spy(PruneConfig("fastv", keep=0.5, layer_k=kk)))
-    torch.testing.assert_close(seen["ctx"].llm_attn, ref.gather(1, vis), rtol=1e-5, atol=1e-6)
+        _, keep = forward_with_inllm_pruning(sdpa, emb, mask, vis, Spy(PruneConfig("fastv", keep=0.25, layer_k=kk)))
+    previous = out.attentions[kk - 1][:, :, -1].mean(dim=1).gather(1, vis)
+    torch.testing.assert_close(seen["ctx"].llm_attn, previous, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(seen["ctx"].visual, h.gather(1, vis[..., None].expand(-1, -1, D)))
+    top = torch.topk(previous, 4, dim=1).indices.sort(dim=1).values
+    assert torch.equal(keep, top)
+    assert not torch.equal(top, torch.topk(ref.gather(1, vis), 4, dim=1).indices.sort(dim=1).values)
 
 
-def test_k0_equals_plain_forward_on_pruned_sequence_with_original_positions():
-    m = tiny_llama()
-    emb, mask, vis, _ = batch()
-    p = Pruner(PruneConfig("fastv", keep=0.5, layer_k=0, qa=True))
+@pytest.mark.parametrize("seed", range(20))
+def test_fastv_keeps_the_top_k_of_the_previous_layers_attention(seed):
+    """Against eager attention with output_attentions, on random tiny Llamas: K in {1, 2, 3}, keep 4 of 16."""
+    m = tiny_llama(impl="eager", seed=seed)
+    emb, mask, vis, _ = batch(seed)
+    kk = 1 + seed % 3
     with torch.no_grad():
-        logits, keep = forward_with_inllm_pruning(m, emb, mask, vis, p)
-        for r in range(2):
-            dropped = set(vis[r].tolist()) - set(vis[r, keep[r]].tolist())
-            cols = [i for i in range(emb.shape[1]) if i not in dropped]
-            e, mk = emb[r : r + 1, cols], mask[r : r + 1, cols]
-            pos = default_position_ids(mask)[r : r + 1, cols]  # original ids, with gaps
-            ref = m(inputs_embeds=e, attention_mask=mk, position_ids=pos).logits[:, -1]
-            torch.testing.assert_close(logits[r : r + 1], ref, rtol=1e-5, atol=1e-5)
+        att = m(inputs_embeds=emb, attention_mask=mask, position_ids=default_position_ids(mask),
+                output_attentions=True).attentions
+        _, keep = forward_with_inllm_pruning(m, emb, mask, vis, Pruner(PruneConfig("fastv", keep=0.25, layer_k=kk)))
+    row = att[kk - 1][:, :, -1].mean(dim=1).gather(1, vis)
+    assert torch.equal(keep, torch.topk(row, 4, dim=1).indices.sort(dim=1).values)
+
+
+def test_fastv_needs_a_previous_layer():
+    with pytest.raises(QAPrunerError, match="K must be at least 1"):
+        PruneConfig("fastv", keep=0.5, layer_k=0)
+    PruneConfig("cls", keep=0.5, layer_k=0)  # K only matters to the in-LLM host
 
 
 class FakeQuantLinear(nn.Module):

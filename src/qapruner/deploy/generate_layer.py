@@ -22,6 +22,7 @@ class _LayerPruning:
         self.vpos, self.full_mask, self.base = vpos, mask, base
         self.calls = self.since = 0
         self.keep: Tensor | None = None
+        self.llm_attn: Tensor | None = None  # FastV's score, computed entering layer K - 1 in the prefill
         self.short_mask: Tensor | None = None  # (B, L') padding mask of the pruned prompt
         self.step: dict = {}
 
@@ -32,6 +33,8 @@ class _LayerPruning:
             raise QAPrunerError(f"In-LLM (FastV) pruning in generate needs attn_implementation 'sdpa' or 'eager', "
                                 f"got {impl!r}.")
         hooks = [a.parts.lm.register_forward_pre_hook(self._lm_hook, with_kwargs=True)]
+        if "llm_attn" in self.pruner.needs:  # FastV's score: the attention layer K - 1 computes in the prefill
+            hooks.append(a.layer(self.k - 1).register_forward_pre_hook(self._attention_hook, with_kwargs=True))
         for i in range(self.k, a.num_layers):
             hooks.append(a.layer(i).register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
         return hooks
@@ -53,6 +56,24 @@ class _LayerPruning:
             raise QAPrunerError("In-LLM (FastV) pruning in generate expects the whole prompt in the first forward.")
         self.step = {"q": q, "mask2d": m2d, "prefill": self.calls == 1}
         return None
+
+    def _attention_hook(self, module, args, kwargs):
+        """Prefill, entering layer K - 1: the last position's head-averaged attention row of that layer."""
+        from ..prune.inllm import last_token_attention
+
+        if self.step["prefill"] and self.pruner.num_keep(self.vpos.shape[1]) < self.vpos.shape[1]:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            state = self._state(hidden, kwargs)
+            self.llm_attn = last_token_attention(module, state).gather(1, self.vpos)
+        return None
+
+    def _state(self, hidden: Tensor, kwargs):
+        from ..models.llava import DecoderState
+
+        b, mask = self.vpos.shape[0], self.full_mask
+        pos = kwargs["position_ids"].expand(b, -1)
+        cos, sin = (t.expand(b, -1, -1) for t in kwargs["position_embeddings"])
+        return DecoderState(hidden, mask, pos, additive_mask(mask, hidden.dtype), (cos, sin))
 
     def _layer_hook(self, i: int):
         def hook(module, args, kwargs):
@@ -76,24 +97,20 @@ class _LayerPruning:
 
     def _prune(self, hidden: Tensor, kwargs) -> Tensor:
         """Prefill at layer K: choose (exactly as ``prune.inllm.prune_at_layer``) and drop the other visual tokens."""
-        from ..models.llava import DecoderState
         from ..prune.context import PruneContext
-        from ..prune.inllm import last_token_attention
 
         a, pruner, vp = self.adapter, self.pruner, self.vpos
         b, n = vp.shape
         mask = self.full_mask
-        pos = kwargs["position_ids"].expand(b, -1)
-        cos, sin = (t.expand(b, -1, -1) for t in kwargs["position_embeddings"])
+        state = self._state(hidden, kwargs)
+        pos, (cos, sin) = state.position_ids, state.position_embeddings
         if pruner.num_keep(n) >= n:
             keep_idx = torch.arange(n, device=vp.device).expand(b, -1).clone()
         else:
-            state = DecoderState(hidden, mask, pos, additive_mask(mask, hidden.dtype), (cos, sin))
-            layer = a.layer(self.k)
             vis = gather_tokens(hidden, vp)
             base = self.base if self.base is not None else PruneContext(visual=vis, grid=a.grid)
             matched = base.matched_error(vis) if callable(base.matched_error) else base.matched_error
-            llm_attn = last_token_attention(layer, state).gather(1, vp) if "llm_attn" in pruner.needs else None
+            llm_attn = self.llm_attn if "llm_attn" in pruner.needs else None
             with torch.no_grad():
                 keep_idx = pruner.select(replace(base, visual=vis, llm_attn=llm_attn, matched_error=matched))
             keep_idx = keep_idx.to(vp.device)

@@ -71,6 +71,9 @@ class PruneConfig:
             raise QAPrunerError(f"Sensitivity group size must be a positive integer, got {self.group_size!r}.")
         if isinstance(self.layer_k, bool) or not isinstance(self.layer_k, int) or self.layer_k < 0:
             raise QAPrunerError(f"Pruning layer K must be a non-negative integer, got {self.layer_k!r}.")
+        if self.host == "fastv" and self.layer_k < 1:
+            raise QAPrunerError("FastV ranks the visual tokens by the attention of layer K - 1 and prunes the input "
+                                f"of layer K, so K must be at least 1, got {self.layer_k}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise QAPrunerError(f"Seed must be an integer, got {self.seed!r}.")
 

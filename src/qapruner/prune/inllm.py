@@ -1,10 +1,11 @@
 """In-LLM pruning location (FastV style): choose the visual tokens at the input of decoder layer K.
 
 ``prune_at_layer(adapter, inputs, pruner, ctx)`` runs layers 0..K-1 over the full (left-padded) sequence
-through the adapter's decoder loop, scores the visual tokens there (the last position's attention at layer K,
-computed explicitly, so SDPA stays in use for every layer), lets the pruner choose, drops the other visual
-tokens from the hidden states, mask and position ids, runs layers K..end and returns the last position's
-logits. Kept tokens keep their original position ids after pruning (as FastV does), so RoPE still sees the
+through the adapter's decoder loop, scores the visual tokens (FastV's rule, as its public code does it: the
+last position's head-averaged attention row *of layer K - 1*, i.e. the attention that layer computes on its own
+input; computed explicitly, so SDPA stays in use for every layer), lets the pruner choose, drops the other
+visual tokens from the hidden states entering layer K, mask and position ids, runs layers K..end and returns the
+last position's logits. Kept tokens keep their original position ids after pruning (as FastV does), so RoPE still sees the
 true image layout and the text after the image keeps its positions; the dropped ids leave gaps.
 """
 
@@ -75,9 +76,18 @@ def prune_at_layer(adapter: LlavaAdapter, inputs: LMInputs, pruner: Pruner, ctx:
         raise QAPrunerError(f"sensitivity_input must be 'residual' or 'normed', got {sensitivity_input!r}.")
     vp = inputs.visual_positions
     b, n = vp.shape
-    state = adapter.run_layers(adapter.decoder_state(inputs.embeds, inputs.mask, inputs.position_ids), 0, kk)
+    prune = not (pruner.config.is_noop or pruner.num_keep(n) >= n)
+    wants_attn = prune and "llm_attn" in pruner.needs
+    if wants_attn and kk < 1:
+        raise QAPrunerError("FastV's score is the attention of layer K - 1: K must be at least 1.")
+    state = adapter.decoder_state(inputs.embeds, inputs.mask, inputs.position_ids)
+    state = adapter.run_layers(state, 0, kk - 1 if wants_attn else kk)
+    llm_attn = None
+    if wants_attn:  # the attention layer K - 1 computes on its input, then layer K - 1 itself
+        llm_attn = last_token_attention(adapter.layer(kk - 1), state).gather(1, vp)
+        state = adapter.run_layers(state, kk - 1, kk)
 
-    if pruner.config.is_noop or pruner.num_keep(n) >= n:
+    if not prune:
         keep_idx = torch.arange(n, device=vp.device).expand(b, -1).clone()
     else:
         layer = adapter.layer(kk)
@@ -85,7 +95,6 @@ def prune_at_layer(adapter: LlavaAdapter, inputs: LMInputs, pruner: Pruner, ctx:
         vis = gather_tokens(states, vp)
         base = ctx if ctx is not None else PruneContext(visual=vis)
         matched = base.matched_error(vis) if callable(base.matched_error) else base.matched_error
-        llm_attn = last_token_attention(layer, state).gather(1, vp) if "llm_attn" in pruner.needs else None
         keep_idx = pruner.select(replace(base, visual=vis, llm_attn=llm_attn, matched_error=matched)).to(vp.device)
         keep = torch.ones(state.mask.shape, dtype=torch.bool, device=vp.device)
         keep.scatter_(1, vp, False)
