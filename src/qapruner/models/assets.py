@@ -13,7 +13,7 @@ from pathlib import Path
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
 ASSETS = {"v1": ASSET_DIR / "testbed_v1.safetensors", "v2": ASSET_DIR / "testbed_v2.safetensors"}
-DEFAULT_ASSET = "v1"  # v2 once trained
+DEFAULT_ASSET = "v2"
 
 
 def canonical_model(spec: str) -> str:
