@@ -61,7 +61,7 @@ def test_alpha_one_is_the_host(host):
 
 
 @pytest.mark.parametrize("host", TOPK_HOSTS)
-@pytest.mark.parametrize("sens", ["paper", "matched"])
+@pytest.mark.parametrize("sens", ["paper", "matched", "norm"])
 def test_alpha_zero_ranks_by_sensitivity_alone(host, sens):
     ctx = make_ctx(n=25, seed=3)
     p = Pruner(PruneConfig(host, keep=0.3, qa=True, alpha=0.0, sensitivity=sens, group_size=16))
@@ -87,6 +87,23 @@ def test_outlier_token_kept_by_qa_not_by_host(host):
     assert 5 not in Pruner(PruneConfig(host, keep=0.25)).select(ctx)[0].tolist()
     assert 5 in Pruner(PruneConfig(host, keep=0.25, qa=True)).select(ctx)[0].tolist()
     assert 5 in Pruner(PruneConfig(host, keep=0.25, qa=True, alpha="dynamic")).select(ctx)[0].tolist()
+
+
+def test_norm_sensitivity_fuses_like_the_released_code():
+    """--sensitivity norm: the DPP quality is alpha * relevance + (1 - alpha) * minmax_eps(||x_i||), as in the
+    released QVLM code (one image per batch there), and a high-norm token enters the selection."""
+    from qapruner.prune.hosts.cdpruner import instruction_relevance
+    from qapruner.prune.select import dpp_greedy, dpp_kernel
+
+    ctx = make_ctx(b=1, n=36, d=48, seed=4)
+    n = ctx.visual.norm(dim=-1)
+    q = 0.7 * instruction_relevance(ctx.visual, ctx.text_embeds, ctx.text_mask) + \
+        0.3 * (n - n.min() + 1e-6) / (n.max() - n.min() + 1e-6)
+    p = Pruner(PruneConfig("cdpruner", keep=0.25, qa=True, sensitivity="norm"))
+    torch.testing.assert_close(p.scores(ctx), q)
+    assert torch.equal(p.select(ctx), dpp_greedy(dpp_kernel(ctx.visual, q), 9).sort(dim=-1).values)
+    ctx = _outlier_ctx()
+    assert 5 in Pruner(PruneConfig("cls", keep=0.25, qa=True, sensitivity="norm")).select(ctx)[0].tolist()
 
 
 def test_outlier_uniform():

@@ -9,8 +9,10 @@ from qapruner.prune.sensitivity import (
     dynamic_alpha,
     fake_quant_groupwise,
     minmax,
+    norm_sensitivity,
     quant_error,
     sensitivity_score,
+    token_sensitivity,
 )
 
 
@@ -96,3 +98,51 @@ def test_bad_bits_or_group_raise():
         fake_quant_groupwise(torch.ones(1, 4), bits=1)
     with pytest.raises(QAPrunerError):
         fake_quant_groupwise(torch.ones(1, 4), group_size=0)
+
+
+# ---- the authors' released L2-norm sensitivity (--sensitivity norm) -------------------------------------------
+def _released_norm_score(image_features: torch.Tensor) -> torch.Tensor:
+    """Transcribed from royalneverwin/QVLM llava/model/llava_arch.py (encode_images, add_quant): min and max over
+    the whole batch, +1e-6 in numerator and denominator."""
+    q = image_features.norm(dim=-1)
+    q_min, q_max = q.min(), q.max()
+    return (q - q_min + 1e-6) / (q_max - q_min + 1e-6)
+
+
+def test_norm_sensitivity_hand_computed():
+    # norms 5, 1, 3 -> (n - 1 + 1e-6) / (4 + 1e-6)
+    x = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, -3.0]]])
+    got = norm_sensitivity(x)
+    eps = 1e-6
+    expect = torch.tensor([[(4 + eps) / (4 + eps), eps / (4 + eps), (2 + eps) / (4 + eps)]])
+    torch.testing.assert_close(got, expect, rtol=0, atol=1e-9)
+
+
+def test_norm_sensitivity_equals_released_code_per_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 16, 32, generator=g) * torch.rand(3, 16, 1, generator=g) * 5
+    got = norm_sensitivity(x)
+    for b in range(3):  # the released evaluation runs one image per batch
+        torch.testing.assert_close(got[b : b + 1], _released_norm_score(x[b : b + 1]), rtol=0, atol=1e-7)
+    # over a batch of 3 the released code's min/max span all images, so scores differ from per-image ones
+    assert not torch.allclose(got, _released_norm_score(x), atol=1e-4)
+
+
+def test_norm_sensitivity_constant_norms_are_all_one_and_bf16_safe():
+    x = torch.tensor([[[1.0, 0.0], [0.0, -1.0], [0.6, 0.8]]])
+    torch.testing.assert_close(norm_sensitivity(x), torch.ones(1, 3), rtol=0, atol=1e-6)
+    xb = torch.randn(2, 8, 16).to(torch.bfloat16)
+    assert norm_sensitivity(xb).dtype == torch.float32
+    torch.testing.assert_close(norm_sensitivity(xb), norm_sensitivity(xb.float()))
+
+
+def test_token_sensitivity_dispatch():
+    x = torch.randn(2, 10, 256, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(token_sensitivity(x, "paper"), sensitivity_score(x))
+    torch.testing.assert_close(token_sensitivity(x, "norm"), norm_sensitivity(x))
+    err = torch.rand(2, 10)
+    torch.testing.assert_close(token_sensitivity(x, "matched", error=err), sensitivity_score(x, error=err))
+    with pytest.raises(QAPrunerError):
+        token_sensitivity(x, "matched")
+    with pytest.raises(QAPrunerError):
+        token_sensitivity(x, "l2")

@@ -8,6 +8,11 @@ from pathlib import Path
 from ..errors import QAPrunerError
 
 
+SENSITIVITY_HELP = ("S^Q of the QA variant: paper (default: simulated INT4/G128 error and span, the paper's formula), "
+                    "matched (the deployed quantizer's error), norm (the L2 norm of each projected token, the "
+                    "authors' released code)")
+
+
 def add_model_task_args(p) -> None:
     p.add_argument("--model", default="testbed", help="'testbed' (default: the v2 asset), 'testbed:v1' (the first asset), 'testbed:FILE' (another projector/LoRA asset), a local llava-hf directory or a hub id")
     p.add_argument("--task", default="easy-vqa", help="easy-vqa (default) | fashion-mnist | jsonl:PATH | scienceqa-img")

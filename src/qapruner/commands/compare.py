@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import add_model_task_args
+from .common import SENSITIVITY_HELP, add_model_task_args
 
 
 def add_parser(sub) -> None:
@@ -22,8 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--hosts", default=None, help="comma list of pruning hosts (default: all six)")
     p.add_argument("--keeps", default=None, help="comma list of keep ratios (default 0.5,0.25,0.125)")
     p.add_argument("--alpha", default=None, help="weight of the host score in [0,1], or 'dynamic' (default 0.7)")
-    p.add_argument("--sensitivity", default=None, choices=["paper", "matched"],
-                   help="paper: simulated INT4/G128 error (default); matched: the deployed quantizer's error")
+    p.add_argument("--sensitivity", default=None,
+                   help=SENSITIVITY_HELP + "; a comma list sweeps several (one QA row per choice)")
     p.add_argument("--mode", default=None, choices=["choice", "generate"],
                    help="choice (default): likelihood of candidate answers; generate: greedy decode + parse")
     p.add_argument("--layer-k", type=int, default=None, help="LLM layer for FastV pruning (default 2)")

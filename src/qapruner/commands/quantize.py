@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import QAPrunerError
+from .common import SENSITIVITY_HELP
 
 
 def add_parser(sub) -> None:
@@ -30,8 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--keep", type=float, default=None, help="ratio of visual tokens kept, in (0, 1]")
     p.add_argument("--qa", action="store_true", help="quantization-aware variant of the host (QAPruner)")
     p.add_argument("--alpha", default="0.7", help="weight of the host score in [0,1], or 'dynamic' (default 0.7)")
-    p.add_argument("--sensitivity", default="paper", choices=["paper", "matched"],
-                   help="paper: simulated INT4/G128 error; matched: the deployed quantizer's error")
+    p.add_argument("--sensitivity", default="paper", choices=["paper", "matched", "norm"],
+                   help=SENSITIVITY_HELP)
     p.add_argument("--layer-k", type=int, default=2, help="LLM layer for in-LLM (fastv) pruning (default 2)")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an earlier export in --out")

@@ -78,7 +78,7 @@ class Backend:
         import torch
 
         from ..models.features import FeatureCache
-        from ..prune.sensitivity import sensitivity_score
+        from ..prune.sensitivity import token_sensitivity
 
         cache = FeatureCache(adapter, task)
         ip = adapter.processor.image_processor
@@ -90,7 +90,7 @@ class Backend:
                 feats, _ = cache.get([it.image])
                 visual = adapter.project(feats)
                 err = adapter.matched_error(visual) if cfg.sensitivity == "matched" else None
-                sq = sensitivity_score(visual, cfg.sens_bits, cfg.sens_group_size, error=err)[0]
+                sq = token_sensitivity(visual, cfg.sensitivity, cfg.sens_bits, cfg.sens_group_size, error=err)[0]
                 px = ip([task.load_image(it.image)], return_tensors="pt")["pixel_values"][0].float().numpy()
                 img = np.clip((px * std + mean).transpose(1, 2, 0), 0, 1)
                 out[it.uid] = {"sq": sq.cpu().tolist(), "image": (img * 255).astype(np.uint8)}

@@ -9,7 +9,7 @@ from typing import Literal, get_args
 from qapruner.errors import QAPrunerError
 from qapruner.prune.hosts import HOSTS
 
-Sensitivity = Literal["paper", "matched"]
+Sensitivity = Literal["paper", "matched", "norm"]
 SENSITIVITIES = get_args(Sensitivity)
 
 
@@ -30,7 +30,9 @@ class PruneConfig:
     keep: float  # ratio in (0, 1]; 1.0 keeps everything
     qa: bool = False  # quantization-aware variant (fuse the host score with S^Q)
     alpha: float | str = 0.7  # weight of the host score, float in [0, 1] or "dynamic"
-    sensitivity: Sensitivity = "paper"  # "paper": simulated INT{bits}/G{group_size}; "matched": ctx.matched_error
+    # "paper": simulated INT{bits}/G{group_size} error and span; "matched": ctx.matched_error; "norm": the
+    # authors' released L2-norm score (sensitivity.norm_sensitivity)
+    sensitivity: Sensitivity = "paper"
     bits: int = 4
     group_size: int = 128
     layer_k: int = 2  # LLM layer whose input is pruned in the in-LLM (FastV) location
@@ -62,8 +64,8 @@ class PruneConfig:
             self.alpha = float(self.alpha)
         if self.sensitivity not in SENSITIVITIES:
             raise QAPrunerError(
-                f"Unknown sensitivity {self.sensitivity!r}; choose 'paper' (simulated INT{{bits}}/G{{group}}) "
-                "or 'matched' (error supplied by the deployed quantizer)."
+                f"Unknown sensitivity {self.sensitivity!r}; choose 'paper' (simulated INT{{bits}}/G{{group}}), "
+                "'matched' (error supplied by the deployed quantizer) or 'norm' (the released L2-norm score)."
             )
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not (2 <= self.bits <= 16):
             raise QAPrunerError(f"Sensitivity bits must be an integer in [2, 16], got {self.bits!r}.")

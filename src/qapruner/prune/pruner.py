@@ -15,7 +15,7 @@ from qapruner.prune.config import PruneConfig, num_keep
 from qapruner.prune.context import PruneContext
 from qapruner.prune.fusion import fuse
 from qapruner.prune.hosts import make_host
-from qapruner.prune.sensitivity import dynamic_alpha, quant_error, sensitivity_score
+from qapruner.prune.sensitivity import dynamic_alpha, quant_error, token_sensitivity
 
 
 class Pruner:
@@ -60,10 +60,11 @@ class Pruner:
         """S^Q (B, N) in [0, 1]."""
         c = self.config
         err = ctx.matched_error if c.sensitivity == "matched" else None
-        return sensitivity_score(ctx.visual, c.bits, c.group_size, error=err)
+        return token_sensitivity(ctx.visual, c.sensitivity, c.bits, c.group_size, error=err)
 
     def alpha(self, ctx: PruneContext) -> float | Tensor:
-        """The fusion weight: the configured float, or a (B,) tensor for alpha = "dynamic"."""
+        """The fusion weight: the configured float, or a (B,) tensor for alpha = "dynamic" (from the CV of the
+        error E: the deployed quantizer's for "matched", the simulated one for "paper" and "norm")."""
         if self.config.alpha != "dynamic":
             return float(self.config.alpha)
         c = self.config

@@ -4,6 +4,12 @@ E_i  simulated group-wise symmetric absmax INT{bits} error, plain L2 norm  ||x_i
 R_i  activation span  max_j x_ij - min_j x_ij
 S^Q  = 1/2 minmax(E) + 1/2 minmax(R), min-max taken over the N tokens of one image
 
+The authors' released code (royalneverwin/QVLM, commit "add quantization aware sensitivity",
+llava/model/llava_arch.py) runs a different score, offered as ``--sensitivity norm``:
+S^Q_i = (||x_i||_2 - min + 1e-6) / (max - min + 1e-6), x_i the projected visual token. Their code takes min
+and max over every token of the batch; their evaluation scripts run one image per batch, where that is the
+per-image min-max used here (a token's score should not depend on the other images of a batch).
+
 Group-size remainder rule: channels are split into consecutive groups of ``group_size``; when D is not a
 multiple of it (the testbed's D = 576 with G = 128), the last, shorter group (576 = 4 * 128 + 64) gets its
 own absmax scale, exactly as a full group would. (Implemented by zero-padding: zeros never raise a group's
@@ -70,6 +76,32 @@ def sensitivity_score(
     e = quant_error(visual, bits, group_size) if error is None else error.float()
     r = activation_span(visual)
     return 0.5 * minmax(e) + 0.5 * minmax(r)
+
+
+NORM_EPS = 1e-6  # the released code's epsilon, in numerator and denominator
+
+
+def norm_sensitivity(visual: Tensor) -> Tensor:
+    """The released code's S^Q (B, N): (n_i - min n + 1e-6) / (max n - min n + 1e-6), n_i = ||x_i||_2 over the
+    N tokens of one image; in (0, 1], and 1 for every token of an image whose tokens all have the same norm."""
+    n = torch.linalg.vector_norm(visual.float(), dim=-1)
+    lo, hi = n.amin(dim=-1, keepdim=True), n.amax(dim=-1, keepdim=True)
+    return (n - lo + NORM_EPS) / (hi - lo + NORM_EPS)
+
+
+def token_sensitivity(visual: Tensor, kind: str = "paper", bits: int = 4, group_size: int = 128,
+                      error: Tensor | None = None) -> Tensor:
+    """S^Q (B, N) of one of the sensitivity choices: "paper" (simulated E and R), "matched" (E from the deployed
+    quantizer, ``error`` (B, N)) or "norm" (the authors' released L2-norm score)."""
+    if kind == "norm":
+        return norm_sensitivity(visual)
+    if kind == "matched":
+        if error is None:
+            raise QAPrunerError("The 'matched' sensitivity needs the deployed quantizer's error of each token.")
+        return sensitivity_score(visual, bits, group_size, error=error)
+    if kind == "paper":
+        return sensitivity_score(visual, bits, group_size)
+    raise QAPrunerError(f"Unknown sensitivity {kind!r}; choose paper, matched or norm.")
 
 
 def coefficient_of_variation(raw: Tensor, dim: int = -1) -> Tensor:
