@@ -75,7 +75,8 @@ class FakeBackend(Backend):
         quant = ecfg.preset
         assert loaded.quant == quant  # each row runs on the model of its own preset
         p = ecfg.prune
-        kind = "blank" if ecfg.blank_image else "dense" if p is None else ("qa" if p.qa else "host")
+        kind = "blank" if ecfg.blank_image else "dense" if p is None else ("host" if not p.qa else "qa"
+                                                                          if p.sensitivity == "paper" else f"qa-{p.sensitivity}")
         assert ecfg.blank_image == (task.cache_key.startswith("blank"))  # the blind row runs on the blanked task
         store = ItemStore(items_path, ecfg.key())
         rows = []
@@ -286,3 +287,58 @@ def test_paper_recipe_parses():
     cfg = resolve(load_config_file(root / "configs" / "paper_llava15_scienceqa.toml"), {})
     assert cfg.model == "llava-hf/llava-1.5-7b-hf" and cfg.tasks == ["scienceqa-img"]
     assert cfg.hosts == ["cdpruner"] and cfg.keeps == [0.125] and cfg.quant[0].startswith("w4a4")
+
+
+def sweep_outcome(kind, quant, host, keep, i):
+    """cls @ 0.125: host right on i < 20; QA (paper) on i < 22; QA (norm) on i < 10 (10 host-only items)."""
+    if host == "cls" and keep == 0.125:
+        return i < {"host": 20, "qa": 22, "qa-norm": 10}[kind]
+    return i % 2 == 0
+
+
+def test_sensitivity_sweep_rows_stats_report_and_resume(tmp_path):
+    from qapruner.compare.regenerate import regenerate
+
+    single = cfg_for(tmp_path, gallery=0)
+    run_compare(single, FakeBackend(sweep_outcome), log=lambda *a: None, env=ENV)
+    cfg = cfg_for(tmp_path, sensitivity="paper,norm", gallery=0)
+    rows = build_grid(cfg)
+    assert len(rows) == len(build_grid(single)) + 4  # one more QA row per host and keep
+    norm = Row("t1", "w4a4", "cls", 0.125, True, sensitivity="norm")
+    assert norm in rows and norm.eval_config(cfg).prune.sensitivity == "norm"
+    assert "__cls-qa-norm-k0.125__" in norm.config_id(cfg) and norm.label == "W4A4 + QA(norm)-cls @ 0.125"
+    # the paper rows keep their ids, so an earlier single-sensitivity run is reused: only the norm rows run
+    assert {r.config_id(single) for r in build_grid(single)} < {r.config_id(cfg) for r in rows}
+    b = FakeBackend(sweep_outcome)
+    res = run_compare(cfg, b, log=lambda *a: None, env=ENV)
+    assert len(b.evaluated) == 4 and all("QA(norm)-" in label for label in b.evaluated)
+    comp = {(c["host"], c["keep"], c["sensitivity"]): c for c in res["comparisons"]}
+    assert len(comp) == 8
+    assert comp[("cls", 0.125, "paper")]["diff"] == pytest.approx(2 / 40)
+    c = comp[("cls", 0.125, "norm")]
+    assert (c["b_only"], c["a_only"]) == (0, 10) and c["diff"] == pytest.approx(-10 / 40)
+    assert c["p_value"] == pytest.approx(2 / 1024) and c["significant"]
+    md = (Path(cfg.out) / "report.md").read_text()
+    assert "| W4A4 + cls | W4A4 + QA-cls | W4A4 + QA(norm)-cls |" in md
+    assert "| 50.0 | 55.0 ▲ | 25.0 ▼ |" in md  # cls @ 0.125: host 20/40, QA 22/40, QA(norm) 10/40
+    assert "norm (L2 norm of each projected token, the authors' released code)" in md
+    assert "t1 W4A4 QA(norm)-cls @ 0.125 (-25.0 pts" in md
+    again = regenerate(cfg.out, log=lambda *a: None)
+    assert again["comparisons"] == json.loads(json.dumps(res["comparisons"]))
+
+
+def test_regenerate_a_report_made_before_the_sensitivity_sweep(tmp_path):
+    from qapruner.compare.regenerate import regenerate
+
+    cfg = cfg_for(tmp_path, gallery=0)
+    res = run_compare(cfg, FakeBackend(sweep_outcome), log=lambda *a: None, env=ENV)
+    path = Path(cfg.out) / "results.json"
+    old = json.loads(path.read_text())
+    old["config"]["sensitivity"] = "paper"  # the old results.json: one string, rows and comparisons unnamed
+    for c in old["configs"] + old["comparisons"]:
+        c.pop("sensitivity", None)
+    path.write_text(json.dumps(old))
+    again = regenerate(cfg.out, log=lambda *a: None)
+    assert [(c["host"], c["keep"], c["diff"]) for c in again["comparisons"]] == \
+           [(c["host"], c["keep"], c["diff"]) for c in res["comparisons"]]
+    assert "| W4A4 + cls | W4A4 + QA-cls |" in (Path(cfg.out) / "report.md").read_text()

@@ -39,7 +39,9 @@ class CompareConfig:
     hosts: list[str] = field(default_factory=lambda: list(HOSTS))
     keeps: list[float] = field(default_factory=lambda: list(DEFAULT_KEEPS))
     alpha: float | str = 0.7           # weight of the host score, or "dynamic"
-    sensitivity: str = "paper"         # paper: simulated INT{sens_bits}/G{sens_group_size}; matched: deployed quantizer
+    # S^Q of the QA rows, one or more (a sweep: one QA row per choice): paper (simulated INT{sens_bits}/
+    # G{sens_group_size}), matched (the deployed quantizer's error), norm (the authors' released L2-norm score)
+    sensitivity: list[str] = field(default_factory=lambda: ["paper"])
     sens_bits: int = 4
     sens_group_size: int = 128
     layer_k: int = 2                   # FastV pruning layer
@@ -85,8 +87,10 @@ class CompareConfig:
             self.alpha = "dynamic"
         elif not 0.0 <= float(self.alpha) <= 1.0:
             raise QAPrunerError(f"--alpha must be in [0, 1] or 'dynamic', got {self.alpha}.")
-        if self.sensitivity not in SENSITIVITIES:
-            raise QAPrunerError(f"--sensitivity must be one of {', '.join(SENSITIVITIES)}, got {self.sensitivity!r}.")
+        self.sensitivity = [x.lower() for x in _split(self.sensitivity, "sensitivity")]
+        for x in self.sensitivity:
+            if x not in SENSITIVITIES:
+                raise QAPrunerError(f"--sensitivity must be one or more of {', '.join(SENSITIVITIES)}, got {x!r}.")
         if self.mode not in ("choice", "generate"):
             raise QAPrunerError(f"--mode must be 'choice' or 'generate', got {self.mode!r}.")
         if self.limit is not None and int(self.limit) <= 0:
@@ -98,6 +102,11 @@ class CompareConfig:
             raise QAPrunerError("gallery and calib_samples must be non-negative.")
 
     @property
+    def gallery_sensitivity(self) -> str:
+        """The S^Q drawn in the gallery (and used by its QA-host picture): the first one swept."""
+        return self.sensitivity[0]
+
+    @property
     def paper_keep(self) -> float:
         """The keep ratio of the Table-1 columns: 12.5 % when swept, else the smallest ratio swept."""
         return PAPER_KEEP if PAPER_KEEP in self.keeps else min(self.keeps)
@@ -107,6 +116,12 @@ class CompareConfig:
 
 
 KEYS = {f.name for f in fields(CompareConfig)}
+
+
+def swept_sensitivities(config: dict) -> list[str]:
+    """The sensitivities of a results.json ``config`` (reports made before the sweep hold one string)."""
+    s = config.get("sensitivity", "paper")
+    return [s] if isinstance(s, str) else list(s)
 
 
 def load_config_file(path: str | Path) -> dict:

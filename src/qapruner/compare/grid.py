@@ -1,7 +1,8 @@
 """The rows of the comparison and their stable ids.
 
-Per task: FP dense; FP dense on a blank image (the blind baseline, unless ``blank`` is off); FP + host at every keep (reference, unless ``fp_pruned`` is off); and per quantization
-preset: Wq dense, Wq + host and Wq + QA-host at every keep. All rows of a task score the same items.
+Per task: FP dense; FP dense on a blank image (the blind baseline, unless ``blank`` is off); FP + host at every
+keep (reference, unless ``fp_pruned`` is off); and per quantization preset: Wq dense, Wq + host and Wq + QA-host
+at every keep, one QA-host row per sensitivity swept. All rows of a task score the same items.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ class Row:
     keep: float | None = None
     qa: bool = False
     blank: bool = False        # every image replaced by a blank one (FP dense only): what the text alone answers
+    sensitivity: str | None = None  # S^Q of a QA row (paper | matched | norm); None for every other row
+
+    def __post_init__(self) -> None:
+        if self.qa and self.sensitivity is None:
+            object.__setattr__(self, "sensitivity", "paper")
+        elif not self.qa and self.sensitivity is not None:
+            object.__setattr__(self, "sensitivity", None)
 
     @property
     def kind(self) -> str:
@@ -42,13 +50,13 @@ class Row:
             return "FP dense, blank image"
         if self.host is None:
             return f"{q} dense"
-        return f"{q} + {'QA-' if self.qa else ''}{self.host} @ {self.keep:g}"
+        return f"{q} + {qa_name(self.sensitivity) if self.qa else ''}{self.host} @ {self.keep:g}"
 
     def prune_config(self, cfg: CompareConfig) -> PruneConfig | None:
         if self.host is None:
             return None
         # Options a row does not use keep their defaults, so changing e.g. alpha reruns only the QA rows.
-        qa = {"alpha": cfg.alpha, "sensitivity": cfg.sensitivity, "bits": cfg.sens_bits,
+        qa = {"alpha": cfg.alpha, "sensitivity": self.sensitivity, "bits": cfg.sens_bits,
               "group_size": cfg.sens_group_size} if self.qa else {}
         layer = {"layer_k": cfg.layer_k} if self.host == "fastv" else {}
         return PruneConfig(host=self.host, keep=self.keep, qa=self.qa, seed=cfg.seed, **qa, **layer)
@@ -65,13 +73,20 @@ class Row:
         return self.eval_config(cfg).key()
 
     def config_id(self, cfg: CompareConfig) -> str:
-        """Readable and unique: ``<task>__<quant>__<host[-qa]-k<keep>|dense>__<hash>``."""
+        """Readable and unique: ``<task>__<quant>__<host[-qa[-<sensitivity>]]-k<keep>|dense|blank>__<hash>`` (the
+        paper's sensitivity is not named, so ids of runs made before the sweep existed stay valid)."""
         q = self.quant or "fp"
-        p = "blank" if self.blank else "dense" if self.host is None else f"{self.host}{'-qa' if self.qa else ''}-k{self.keep:g}"
+        qa = "" if not self.qa else "-qa" if self.sensitivity == "paper" else f"-qa-{self.sensitivity}"
+        p = "blank" if self.blank else "dense" if self.host is None else f"{self.host}{qa}-k{self.keep:g}"
         return f"{slug(self.task)}__{slug(q)}__{p}__{config_hash(self.fingerprint(cfg))}"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "kind": self.kind, "label": self.label}
+
+
+def qa_name(sensitivity: str | None) -> str:
+    """``QA-`` for the paper's S^Q, ``QA(norm)-`` / ``QA(matched)-`` for the others (labels and table headers)."""
+    return "QA-" if sensitivity in (None, "paper") else f"QA({sensitivity})-"
 
 
 def slug(text: str) -> str:
@@ -90,5 +105,6 @@ def build_grid(cfg: CompareConfig) -> list[Row]:
             rows.append(Row(task, q))
             for h in cfg.hosts:
                 for k in cfg.keeps:
-                    rows += [Row(task, q, h, k, qa=False), Row(task, q, h, k, qa=True)]
+                    rows.append(Row(task, q, h, k))
+                    rows += [Row(task, q, h, k, qa=True, sensitivity=x) for x in cfg.sensitivity]
     return rows

@@ -89,8 +89,8 @@ class Backend:
             for it in items:
                 feats, _ = cache.get([it.image])
                 visual = adapter.project(feats)
-                err = adapter.matched_error(visual) if cfg.sensitivity == "matched" else None
-                sq = token_sensitivity(visual, cfg.sensitivity, cfg.sens_bits, cfg.sens_group_size, error=err)[0]
+                err = adapter.matched_error(visual) if cfg.gallery_sensitivity == "matched" else None
+                sq = token_sensitivity(visual, cfg.gallery_sensitivity, cfg.sens_bits, cfg.sens_group_size, error=err)[0]
                 px = ip([task.load_image(it.image)], return_tensors="pt")["pixel_values"][0].float().numpy()
                 img = np.clip((px * std + mean).transpose(1, 2, 0), 0, 1)
                 out[it.uid] = {"sq": sq.cpu().tolist(), "image": (img * 255).astype(np.uint8)}
@@ -266,7 +266,7 @@ def model_grid(loaded) -> list[int]:
 
 
 def _gallery_key(plan: GalleryPlan, cfg: CompareConfig) -> dict:
-    return {"task": plan.task, "quant": plan.quant, "uids": plan.uids, "model": cfg.model, "sensitivity": cfg.sensitivity,
+    return {"task": plan.task, "quant": plan.quant, "uids": plan.uids, "model": cfg.model, "sensitivity": cfg.gallery_sensitivity,
             "sens_bits": cfg.sens_bits, "sens_group_size": cfg.sens_group_size}
 
 

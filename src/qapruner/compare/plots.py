@@ -12,7 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from .config import swept_sensitivities  # noqa: E402
+from .grid import qa_name  # noqa: E402
+
 HOST_COLOR, QA_COLOR, FP_COLOR = "#1f77b4", "#d62728", "#555555"
+QA_COLORS = {"paper": QA_COLOR, "matched": "#ff7f0e", "norm": "#9467bd"}  # one per sensitivity swept
 QUANT_STYLES = ["-", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
 
 
@@ -31,9 +35,13 @@ def accuracy_vs_keep(results: dict, task: str, path: Path) -> Path:
     nrow = int(np.ceil(len(hosts) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False, sharey=True)
 
-    def pick(kind, quant=None, host=None):
-        sel = [c for c in cfgs if c["kind"] == kind and c["quant"] == quant and c["host"] == host]
+    def pick(kind, quant=None, host=None, sensitivity=None):
+        sel = [c for c in cfgs if c["kind"] == kind and c["quant"] == quant and c["host"] == host
+               and (sensitivity is None or c.get("sensitivity", "paper") == sensitivity)]
         return sorted(sel, key=lambda c: c["keep"] or 1.0)
+
+    lines = [("q-host", None, HOST_COLOR, "host", "o")] + \
+            [("q-qa", x, QA_COLORS[x], qa_name(x) + "host", "D") for x in swept_sensitivities(results["config"])]
 
     fp_dense, blank = pick("fp-dense"), pick("fp-blank")
     for ax, host in zip(axes.flat, hosts):
@@ -50,8 +58,8 @@ def accuracy_vs_keep(results: dict, task: str, path: Path) -> Path:
             dense = pick("q-dense", q)
             if dense:
                 ax.axhline(_acc(dense[0]), color="#2ca02c", lw=1, ls=(0, (1, 2 + qi)), label=f"{q.upper()} dense")
-            for kind, color, name, marker in (("q-host", HOST_COLOR, "host", "o"), ("q-qa", QA_COLOR, "QA-host", "D")):
-                sel = pick(kind, q, host)
+            for kind, sens, color, name, marker in lines:
+                sel = pick(kind, q, host, sens)
                 if not sel:
                     continue
                 x = np.array([c["keep"] for c in sel])
@@ -61,7 +69,7 @@ def accuracy_vs_keep(results: dict, task: str, path: Path) -> Path:
                 qa = kind == "q-qa"  # hollow, smaller markers so that equal accuracies stay visible
                 ax.plot(x, y, color=color, ls=style, marker=marker, ms=5 if qa else 8, mfc="none" if qa else color,
                         mew=1.5, label=f"{q.upper()} + {name}")
-                if len(quants) == 1:  # with several presets the bands would hide the lines
+                if len(quants) == 1 and len(lines) == 2:  # with several presets or S^Q the bands would hide the lines
                     ax.fill_between(x, lo, hi, color=color, alpha=0.07, lw=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
@@ -74,7 +82,7 @@ def accuracy_vs_keep(results: dict, task: str, path: Path) -> Path:
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy (%)")
     n = fp_dense[0]["n"] if fp_dense else (cfgs[0]["n"] if cfgs else 0)
-    shaded = "; shaded: Wilson 95 % CI" if len(quants) == 1 else ""
+    shaded = "; shaded: Wilson 95 % CI" if len(quants) == 1 and len(lines) == 2 else ""
     fig.suptitle(f"{task}: accuracy vs keep ratio (n = {n}{shaded})", fontsize=11)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.tight_layout(rect=(0, 0, 0.84, 1))
@@ -89,6 +97,7 @@ def qa_minus_host(results: dict, path: Path) -> Path:
     comps = results["comparisons"]
     tasks = results["config"]["tasks"]
     quants = results["config"]["quant"]
+    sens = swept_sensitivities(results["config"])
     fig, axes = plt.subplots(len(tasks), 1, figsize=(max(8.0, 0.42 * len(comps) / max(1, len(tasks)) + 3), 3.4 * len(tasks)),
                              squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -96,13 +105,15 @@ def qa_minus_host(results: dict, path: Path) -> Path:
         sel = [c for c in comps if c["task"] == task]
         labels = sorted({(c["host"], -c["keep"]) for c in sel}, key=lambda t: (results["config"]["hosts"].index(t[0]), t[1]))
         xpos = {lab: i for i, lab in enumerate(labels)}
-        width = 0.8 / max(1, len(quants))
-        for qi, q in enumerate(quants):
-            qs = [c for c in sel if c["quant"] == q]
-            x = np.array([xpos[(c["host"], -c["keep"])] for c in qs]) + (qi - (len(quants) - 1) / 2) * width
+        series = [(q, x) for q in quants for x in sens]
+        width = 0.8 / max(1, len(series))
+        for qi, (q, x_sens) in enumerate(series):
+            qs = [c for c in sel if c["quant"] == q and c.get("sensitivity", "paper") == x_sens]
+            name = q.upper() + (f" · {qa_name(x_sens)}host" if len(sens) > 1 else "")
+            x = np.array([xpos[(c["host"], -c["keep"])] for c in qs]) + (qi - (len(series) - 1) / 2) * width
             y = np.array([100 * c["diff"] for c in qs])
             err = np.array([[100 * (c["diff"] - c["ci95"][0]) for c in qs], [100 * (c["ci95"][1] - c["diff"]) for c in qs]])
-            ax.errorbar(x, y, yerr=err, fmt="o", color=colors[qi % len(colors)], capsize=3, label=q.upper())
+            ax.errorbar(x, y, yerr=err, fmt="o", color=colors[qi % len(colors)], capsize=3, label=name)
             for xi, yi, c in zip(x, y, qs):
                 if c["significant"]:
                     ax.annotate("*" if not c["significant_holm"] else "**", (xi, yi), textcoords="offset points",
@@ -114,7 +125,7 @@ def qa_minus_host(results: dict, path: Path) -> Path:
         ax.set_title(f"{task}: QA-host − host, paired bootstrap 95 % CI (* McNemar p < 0.05, ** after Holm)",
                      fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-        if len(quants) > 1:
+        if len(series) > 1:
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -10,6 +10,7 @@ from ..errors import QAPrunerError
 from ..eval.stats import wilson_ci
 from ..io import write_json
 from .archive import read_records
+from .config import swept_sensitivities
 from .image_dependence import image_dependence
 from .pipeline import write_outputs
 from .stats import holm, qa_vs_host
@@ -28,6 +29,11 @@ def regenerate(out_dir: str | Path, log=print) -> dict:
     results = json.loads(path.read_text())
     records = read_records(out_dir, results)
     corr, kept, grid, kinds = {}, {}, [], {}
+    first = swept_sensitivities(results["config"])[0]
+    for c in results["configs"]:  # reports made before the sensitivity sweep name it only in their config
+        c.setdefault("sensitivity", first if c["qa"] else None)
+    for c in results.get("comparisons") or []:
+        c.setdefault("sensitivity", first)
     for c in results["configs"]:
         rec = records.get(c["id"])
         if rec is None:
@@ -41,12 +47,12 @@ def regenerate(out_dir: str | Path, log=print) -> dict:
         n, correct = len(rows), sum(corr[c["id"]].values())
         c.update({"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
                   "ci95": list(wilson_ci(correct, n))})
-        grid.append({"id": c["id"], "row": {k: c[k] for k in ("task", "quant", "host", "keep", "qa")}})
+        grid.append({"id": c["id"], "row": {k: c[k] for k in ("task", "quant", "host", "keep", "qa", "sensitivity")}})
     cfg = results["config"]
-    new = {(c["task"], c["quant"], c["host"], c["keep"]): c
-           for c in qa_vs_host(grid, corr, cfg["bootstrap_reps"], cfg["seed"])}
+    key = lambda c: (c["task"], c["quant"], c["host"], c["keep"], c["sensitivity"])  # noqa: E731
+    new = {key(c): c for c in qa_vs_host(grid, corr, cfg["bootstrap_reps"], cfg["seed"])}
     old = results.get("comparisons") or []
-    comps = [new.pop((c["task"], c["quant"], c["host"], c["keep"]), c) for c in old] + list(new.values())
+    comps = [new.pop(key(c), c) for c in old] + list(new.values())
     carried = [c for c in comps if not (c["host_id"] in corr and c["qa_id"] in corr)]
     for c, p in zip(comps, holm([c["p_value"] for c in comps])):  # the same family (and alpha 0.05) as qa_vs_host
         c.update({"p_holm": p, "significant": c["p_value"] < 0.05, "significant_holm": p < 0.05})

@@ -6,7 +6,8 @@ import html
 import time
 from pathlib import Path
 
-from .config import CompareConfig
+from .config import CompareConfig, swept_sensitivities
+from .grid import qa_name
 from .image_dependence import image_dependence, markdown_section
 from .stats import qa_vs_host
 
@@ -28,10 +29,11 @@ def build_results(cfg: CompareConfig, grid: dict, corr: dict, env: dict, argv: l
     gallery = None
     if grid.get("gallery"):
         plan, _ = grid["gallery"]
-        ids = {(c["task"], c["quant"], c["host"], c["keep"], c["qa"]): c["id"] for c in configs}
+        ids = {(c["task"], c["quant"], c["host"], c["keep"], c["qa"], c["sensitivity"]): c["id"] for c in configs}
+        at = (plan.task, plan.quant, plan.host, plan.keep)
         gallery = {"task": plan.task, "quant": plan.quant, "host": plan.host, "keep": plan.keep, "uids": plan.uids,
-                   "host_id": ids.get((plan.task, plan.quant, plan.host, plan.keep, False)),
-                   "qa_id": ids.get((plan.task, plan.quant, plan.host, plan.keep, True))}
+                   "host_id": ids.get((*at, False, None)), "qa_id": ids.get((*at, True, cfg.gallery_sensitivity)),
+                   "sensitivity": cfg.gallery_sensitivity}
     kinds = {it.uid: it.kind for t in grid["tasks"].values() for it in t.items if it.kind}
     return {
         "image_dependence": image_dependence(configs, corr, kinds),
@@ -68,9 +70,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _find(results, task, kind, quant=None, host=None, keep=None):
+def _find(results, task, kind, quant=None, host=None, keep=None, sensitivity=None):
     for c in results["configs"]:
-        if c["task"] == task and c["kind"] == kind and c["quant"] == quant and c["host"] == host and c["keep"] == keep:
+        if c["task"] == task and c["kind"] == kind and c["quant"] == quant and c["host"] == host and c["keep"] == keep \
+                and (sensitivity is None or c.get("sensitivity") == sensitivity):
             return c
     return None
 
@@ -84,8 +87,9 @@ def table1(results: dict) -> tuple[list[str], list[list[str]]]:
     blind = any(c["kind"] == "fp-blank" for c in results["configs"])
     header = ["task"] + (["Wq"] if multi else []) + ["n", "FP dense"] + (["FP blank image"] if blind else []) + \
              [f"{w} dense"]
+    sens = swept_sensitivities(cfg)
     for h in cfg["hosts"]:
-        header += [f"{w} + {h}", f"{w} + QA-{h}"]
+        header += [f"{w} + {h}"] + [f"{w} + {qa_name(x)}{h}" for x in sens]
     rows = []
     for t in cfg["tasks"]:
         fp = _find(results, t, "fp-dense")
@@ -93,10 +97,12 @@ def table1(results: dict) -> tuple[list[str], list[list[str]]]:
             r = [t] + ([q.upper()] if multi else []) + [str(fp["n"] if fp else "–"), _pct(fp and fp["accuracy"])] \
                 + ([_pct(_c(_find(results, t, "fp-blank")))] if blind else []) + [_pct(_c(_find(results, t, "q-dense", q)))]
             for h in cfg["hosts"]:
-                a, b = _find(results, t, "q-host", q, h, k), _find(results, t, "q-qa", q, h, k)
-                ca, cb = _c(a), _c(b)
-                mark = "" if ca is None or cb is None else (" ▲" if cb > ca else (" ▼" if cb < ca else " ="))
-                r += [_pct(ca), _pct(cb) + mark]
+                ca = _c(_find(results, t, "q-host", q, h, k))
+                r.append(_pct(ca))
+                for x in sens:
+                    cb = _c(_find(results, t, "q-qa", q, h, k, x))
+                    mark = "" if ca is None or cb is None else (" ▲" if cb > ca else (" ▼" if cb < ca else " ="))
+                    r.append(_pct(cb) + mark)
             rows.append(r)
     return header, rows
 
@@ -115,18 +121,27 @@ def full_table(results: dict, task: str) -> tuple[list[str], list[list[str]]]:
         vt = c.get("visual_tokens") or {}
         tm = c.get("timing") or {}
         rows.append([c["label"], c["quant"] or "FP", c["host"] or "–", "1" if c["keep"] is None else f"{c['keep']:g}",
-                     "yes" if c["qa"] else "", f"{vt.get('kept', '?')}/{vt.get('before', '?')}", _pct(c["accuracy"]),
+                     _qa_cell(c), f"{vt.get('kept', '?')}/{vt.get('before', '?')}", _pct(c["accuracy"]),
                      _ci(c["ci95"]), str(c["n"]), f"{tm.get('select_s', 0):.2f}", f"{tm.get('prefill_s', 0):.2f}"])
     return header, rows
 
 
+def _qa_cell(c: dict) -> str:
+    if not c["qa"]:
+        return ""
+    return "yes" if c.get("sensitivity") in (None, "paper") else f"yes ({c['sensitivity']})"
+
+
 def diff_table(results: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["task", "Wq", "host", "keep", "host %", "QA-host %", "QA − host (pts)", "95 % CI (paired bootstrap)",
-              "McNemar p (exact)", "Holm p", "QA-only / host-only right", "significant"]
+    multi = len(swept_sensitivities(results["config"])) > 1
+    header = ["task", "Wq", "host", "keep"] + (["S^Q"] if multi else []) + \
+             ["host %", "QA-host %", "QA − host (pts)", "95 % CI (paired bootstrap)", "McNemar p (exact)", "Holm p",
+              "QA-only / host-only right", "significant"]
     rows = []
     for c in results["comparisons"]:
         sig = "yes (Holm)" if c["significant_holm"] else ("yes (p < 0.05, not after Holm)" if c["significant"] else "no")
-        rows.append([c["task"], c["quant"].upper(), c["host"], f"{c['keep']:g}", _pct(c["acc_a"]), _pct(c["acc_b"]),
+        rows.append([c["task"], c["quant"].upper(), c["host"], f"{c['keep']:g}"]
+                    + ([c.get("sensitivity") or "paper"] if multi else []) + [_pct(c["acc_a"]), _pct(c["acc_b"]),
                      f"{100 * c['diff']:+.1f}", _ci(c["ci95"]), _p(c["p_value"]), _p(c["p_holm"]),
                      f"{c['b_only']} / {c['a_only']}", sig])
     return header, rows
@@ -138,7 +153,8 @@ def significance_sentences(results: dict) -> list[str]:
         return ["No QA − host pairs were evaluated."]
     sig = [c for c in comps if c["significant"]]
     holm = [c for c in comps if c["significant_holm"]]
-    name = lambda c: f"{c['task']} {c['quant'].upper()} {c['host']} @ {c['keep']:g} ({100 * c['diff']:+.1f} pts, p = {_p(c['p_value'])})"
+    name = lambda c: (f"{c['task']} {c['quant'].upper()} {qa_name(c.get('sensitivity'))}{c['host']} @ {c['keep']:g} "  # noqa: E731
+                      f"({100 * c['diff']:+.1f} pts, p = {_p(c['p_value'])})")
     out = []
     if not sig:
         out.append(f"None of the {len(comps)} QA − host differences is significant at p < 0.05 (exact McNemar); "
@@ -161,6 +177,16 @@ def significance_sentences(results: dict) -> list[str]:
     return out
 
 
+SENSITIVITY_TEXT = {"paper": "paper (simulated INT{bits}/G{group} error and span)",
+                    "matched": "matched (E from the deployed quantizer, INT{bits}/G{group} span)",
+                    "norm": "norm (L2 norm of each projected token, the authors' released code)"}
+
+
+def _sensitivity_text(cfg: dict) -> str:
+    return ", ".join(SENSITIVITY_TEXT[x].format(bits=cfg["sens_bits"], group=cfg["sens_group_size"])
+                     for x in swept_sensitivities(cfg))
+
+
 def markdown(results: dict, plots: dict[str, str]) -> str:
     cfg = results["config"]
     k = results["paper_keep"]
@@ -168,8 +194,7 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
     L = ["# qapruner compare", "",
          f"Model `{cfg['model']}` · quantization {', '.join(q.upper() for q in cfg['quant'])} · hosts "
          f"{', '.join(cfg['hosts'])} · keep ratios {', '.join(f'{x:g}' for x in cfg['keeps'])} · alpha {cfg['alpha']} · "
-         f"sensitivity {cfg['sensitivity']} (INT{cfg['sens_bits']}/G{cfg['sens_group_size']}"
-         f"{' simulated' if cfg['sensitivity'] == 'paper' else ', E from the deployed quantizer'}) · mode {cfg['mode']}"
+         f"sensitivity {_sensitivity_text(cfg)} · mode {cfg['mode']}"
          f"{' (greedy)' if cfg['mode'] == 'generate' else ' (next-token likelihood of the candidate answers)'}.", "",
          "Items: " + "; ".join(f"{t}: {d['subset']}" for t, d in results["tasks"].items())
          + f". Every configuration of a task is scored on the same items; seed {cfg['seed']} (subset, random host, "

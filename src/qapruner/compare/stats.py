@@ -40,19 +40,21 @@ def holm(pvalues: list[float]) -> list[float]:
 
 def qa_vs_host(configs: list[dict], correctness: dict[str, dict[str, bool]], reps: int, seed: int,
                alpha: float = 0.05) -> list[dict]:
-    """For each (task, quant, host, keep) holding both a host and a QA-host row: QA − host."""
+    """For each QA-host row (one per sensitivity swept) whose host row exists: QA − host on the same items."""
     by_key = {}
     for c in configs:
         r = c["row"]
         if r["host"] is not None:
-            by_key[(r["task"], r["quant"], r["host"], r["keep"], r["qa"])] = c["id"]
+            sens = (r.get("sensitivity") or "paper") if r["qa"] else None
+            by_key[(r["task"], r["quant"], r["host"], r["keep"], r["qa"], sens)] = c["id"]
     out = []
-    for (task, quant, host, keep, qa), host_id in by_key.items():
-        if qa or (task, quant, host, keep, True) not in by_key:
+    for (task, quant, host, keep, qa, sens), qa_id in by_key.items():
+        host_id = by_key.get((task, quant, host, keep, False, None))
+        if not qa or host_id is None:
             continue
-        qa_id = by_key[(task, quant, host, keep, True)]
         s = paired(correctness[host_id], correctness[qa_id], reps, seed)
-        out.append({"task": task, "quant": quant, "host": host, "keep": keep, "host_id": host_id, "qa_id": qa_id, **s})
+        out.append({"task": task, "quant": quant, "host": host, "keep": keep, "sensitivity": sens,
+                    "host_id": host_id, "qa_id": qa_id, **s})
     for c, p in zip(out, holm([c["p_value"] for c in out])):
         c["p_holm"] = p
         c["significant"] = c["p_value"] < alpha
