@@ -22,15 +22,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import parallel
+
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        if parallel.wants_launch(args):  # --processes N: N workers through accelerate, each runs ARGV
+            return parallel.launch(argv, args)
+        parallel.init(args)  # a launched worker joins its process group; the thread count is set
+        rc = int(args.func(args) or 0)
+        parallel.finish()
+        return rc
     except QAPrunerError as exc:
-        print(f"qapruner: error: {exc}", file=sys.stderr)
+        if not isinstance(exc, parallel.Relayed):
+            who = f" (process {parallel.rank()})" if not parallel.is_main() else ""
+            print(f"qapruner: error{who}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("qapruner: interrupted; finished items are saved and a rerun resumes.", file=sys.stderr)
+        if parallel.is_main() and not parallel.launched_by_qapruner():  # (then the launcher says it)
+            print("qapruner: interrupted; finished items are saved and a rerun resumes.", file=sys.stderr)
         return 130
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .. import parallel
 from .common import SENSITIVITY_HELP, add_model_task_args
 
 
@@ -39,6 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--from-archive", default=None, metavar="DIR",
                    help="no model: recompute the statistics of report DIR from its results.json and items.tar.xz "
                         "and rewrite its results.json, reports and plots")
+    parallel.add_args(p)
     # None = "not given", so a --config recipe can supply the value
     p.set_defaults(func=run, model=None, task=None, seed=None, batch_size=None, calib_samples=None)
 
@@ -84,6 +86,12 @@ def run(args) -> int:
         from .common import check_writable
 
         cfg = config_from_args(args)
+        if not parallel.is_main():  # the other processes take their share of each configuration's items
+            from ..compare.orchestrate import Backend, run_grid
+
+            check_writable(Path(cfg.out) / "results.json")
+            run_grid(cfg, Backend(), Path(cfg.out), parallel.progress_bar(), log=lambda *a, **k: None)
+            return 0
         if not args.config and args.limit is None:
             console.print(f"No --config: a small default run ({DEFAULT_LIMIT} items per task). The full test sets: "
                           "qapruner compare --config configs/experiment_full.toml (many hours on 2 CPU cores).")

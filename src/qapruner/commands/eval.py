@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .. import parallel
 from ..errors import QAPrunerError
 from .common import SENSITIVITY_HELP, add_model_task_args, check_writable
 
@@ -32,6 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--blank-image", action="store_true",
                    help="replace every image by a blank one (measures how much answers depend on the image)")
     p.add_argument("--out", default=None, help="summary JSON (per-item predictions go to OUT.items.jsonl)")
+    parallel.add_args(p)
     p.set_defaults(func=run)
 
 
@@ -59,11 +61,10 @@ def eval_config(args):
 
 
 def run(args) -> int:
-    from ..eval.prepare import quantized_copy
     from ..eval.runner import Evaluator
     from ..io import write_json
     from ..models.registry import check_model_spec, load_model
-    from ..runinfo import config_hash, environment, progress_bar
+    from ..runinfo import config_hash, environment
     from ..tasks import load_task
 
     cfg = eval_config(args)
@@ -73,13 +74,14 @@ def run(args) -> int:
     task = load_task(cfg.task).subset(cfg.limit, cfg.seed)
     if cfg.blank_image:
         task = task.blank()
-    adapter = load_model(cfg.model)
+    with parallel.main_first():  # several processes: the main one downloads / converts first
+        adapter = load_model(cfg.model)
     cfg.check_model(adapter)
     quant_info = None
-    with progress_bar() as progress:
+    with parallel.progress_bar() as progress:
         if cfg.quant is not None:
-            adapter, quant_info = quantized_copy(adapter, cfg.quant, task, cfg.calib_samples, cfg.seed,
-                                                 progress=progress)
+            adapter, quant_info = parallel.quantized_copy(adapter, cfg.quant, task, cfg.calib_samples, cfg.seed,
+                                                          progress=progress)
         if cfg.real:
             from ..deploy.runtime import realize
 
@@ -89,6 +91,8 @@ def run(args) -> int:
 
             adapter = adapter.cast(getattr(torch, cfg.dtype))
         summary = Evaluator(adapter).run(task, cfg, out.with_suffix(".items.jsonl"), progress)
+    if not parallel.is_main():
+        return 0  # the main process writes the summary
     summary.update({"image": task.meta.get("image", "task images"), "seed": cfg.seed, "config": cfg.describe(),
                     "quant_info": quant_info, "environment": environment()})
     write_json(out, summary)

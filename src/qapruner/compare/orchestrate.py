@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import parallel
 from ..eval.store import read_items
 from ..io import write_json
 from ..tasks.base import Task
 from .config import CompareConfig
 from .grid import build_grid, slug
+from .plan import plan_line
 
 
 class Backend:
@@ -36,7 +38,8 @@ class Backend:
     def load_model(self, spec: str):
         from ..models.registry import load_model
 
-        return load_model(spec)
+        with parallel.main_first():  # several processes: the main one downloads / converts first
+            return load_model(spec)
 
     def calibrates(self, preset: str) -> bool:
         """True when the preset calibrates on task data (then a quantized copy is built per task)."""
@@ -58,11 +61,10 @@ class Backend:
             EvalConfig(prune=PruneConfig("fastv", 0.5, layer_k=cfg.layer_k)).check_model(adapter)
 
     def quantize(self, adapter, preset: str, task: Task, cfg: CompareConfig, progress=None):
-        from ..eval.prepare import quantized_copy
         from ..quant import QuantConfig
 
-        return quantized_copy(adapter, QuantConfig.from_preset(preset), task, cfg.calib_samples, cfg.seed,
-                              progress=progress)
+        return parallel.quantized_copy(adapter, QuantConfig.from_preset(preset), task, cfg.calib_samples, cfg.seed,
+                                       progress=progress)
 
     def evaluate(self, adapter, task: Task, ecfg, items_path: Path, progress, label: str) -> dict:
         from ..eval.runner import Evaluator
@@ -179,10 +181,13 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
     rows = build_grid(cfg)
     ids = {r: r.config_id(cfg) for r in rows}
     summaries = {r: finished_summary(items_dir, ids[r], r.fingerprint(cfg)) for r in rows}
-    todo = [r for r in rows if summaries[r] is None]
     plan = gallery_plan(cfg, tasks)
     gallery_file = out_dir / "gallery" / "data.json"
     need_gallery = plan is not None and not _gallery_ok(gallery_file, plan, cfg)
+    # several processes run every configuration together: all of them follow the main process's view
+    finished, need_gallery = parallel.broadcast(({ids[r]: summaries[r] for r in rows}, need_gallery))
+    summaries = {r: finished[ids[r]] for r in rows}
+    todo = [r for r in rows if summaries[r] is None]
     log(f"{len(rows)} configurations, {len(rows) - len(todo)} already finished, {len(todo)} to run")
     if todo:
         log(plan_line(todo, tasks, cfg, backend))
@@ -223,14 +228,15 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
                 s = backend.evaluate(model, task.blank() if r.blank else task, r.eval_config(cfg), items_dir / f"{cid}.jsonl", progress,
                                      f"{tname} · {r.label}")
                 s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo})
-                write_json(summary_path(items_dir, cid), s)
+                if parallel.is_main():
+                    write_json(summary_path(items_dir, cid), s)
                 summaries[r] = s
                 done += 1
                 log(f"[{done}/{len(todo)}] {tname} · {r.label}: accuracy {s['accuracy']:.3f} (n = {s['n']}, "
                     f"{s['seconds']:.0f} s)")
                 if progress:
                     progress.advance(bar)
-            if want_gallery:
+            if want_gallery and parallel.is_main():
                 items = [it for it in task.items if it.uid in set(plan.uids)]
                 data = backend.gallery_data(model, task, items, cfg)
                 _save_gallery(gallery_file, plan, cfg, data, items, model_grid(model))
@@ -243,22 +249,6 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
     configs = [{"id": ids[r], "row": r.to_dict(), "summary": summaries[r]} for r in rows]
     return {"tasks": tasks, "rows": rows, "configs": configs, "computed": len(todo),
             "gallery": (plan, gallery_file) if plan is not None else None}
-
-
-# Rough costs on 2 CPU cores with the testbed (measured: ~0.25 s per item and configuration, ~150 s per GPTQ
-# run); a plan line states them so that nobody starts a many-hour grid by accident.
-SECONDS_PER_ITEM = 0.25
-SECONDS_PER_CALIBRATION = 150.0
-
-
-def plan_line(todo, tasks: dict, cfg: CompareConfig, backend: Backend) -> str:
-    items = sum(len(tasks[r.task].items) for r in todo)
-    quants = {r.quant for r in todo if r.quant}
-    calibrations = sum(len({r.task for r in todo if r.quant == q}) if backend.calibrates(q) else 1 for q in quants)
-    est = items * SECONDS_PER_ITEM + calibrations * SECONDS_PER_CALIBRATION
-    return (f"plan: {len(todo)} configurations × {items // max(1, len(todo))} items on average = {items} item "
-            f"evaluations, {calibrations} quantized model(s); roughly {est / 60:.0f} min on 2 CPU cores with the "
-            "testbed (much less on a GPU)")
 
 
 def model_grid(loaded) -> list[int]:

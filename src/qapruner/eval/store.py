@@ -7,11 +7,17 @@ The lock file is left in place (removing it would let two writers lock different
 
 Damage an interrupted run can leave is repaired on open: a first line cut short with no rows after it is
 rewritten, and a last line cut short (no newline yet) is truncated away, so that item is recomputed. A uid
-that appears twice counts once (the first row written)."""
+that appears twice counts once (the first row written).
+
+A multi-process run (docs/parallel.md) writes one shard file per process next to the items file,
+``FILE.shard-<rank>``, in the same format, without a lock of its own (the main process holds the items file's
+lock meanwhile); ``merge_shards`` appends their rows to the items file, in item order, and deletes them. Any
+store that opens the items file merges shards a killed run left behind, whatever the process count."""
 
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 from pathlib import Path
@@ -65,10 +71,12 @@ def read_items(path) -> list[dict]:
 
 class ItemStore:
     """``done``: {uid: row} of the finished items. Use as a context manager, or call ``close()``, to release
-    the lock; it is also released when the object is garbage-collected."""
+    the lock; it is also released when the object is garbage-collected. ``lock=False``: no lock of its own (a
+    shard file, written under the lock its items file's store holds)."""
 
-    def __init__(self, path: Path, config: dict):
+    def __init__(self, path: Path, config: dict, lock: bool = True):
         self._lock = None
+        self._locking = lock
         self.path, self.config = Path(path), config
         self.done: dict[str, dict] = {}
         try:
@@ -82,12 +90,13 @@ class ItemStore:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path.with_name(self.path.name + ".lock"), "a")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise QAPrunerError(f"Another qapruner run is writing '{self.path}'; wait for it or choose another "
-                                "--out.") from None
+        if self._locking:
+            self._lock = open(self.path.with_name(self.path.name + ".lock"), "a")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise QAPrunerError(f"Another qapruner run is writing '{self.path}'; wait for it or choose another "
+                                    "--out.") from None
         header, rows, end = _read(self.path)
         if header is None:
             self.path.write_text(json.dumps({"config": self.config}) + "\n")
@@ -122,3 +131,33 @@ class ItemStore:
 
     def __del__(self) -> None:
         self.close()
+
+
+def shard_path(path: Path, rank: int) -> Path:
+    """The shard file of process ``rank`` of a multi-process run writing the items file ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.shard-{rank}")
+
+
+def merge_shards(store: ItemStore, order: list[str]) -> int:
+    """Append the rows of ``store``'s shard files that it lacks (the first row of a uid wins), sorted by their
+    place in ``order`` (the task's uids; unknown uids last), then delete the shards. Returns the rows added."""
+    files = sorted(store.path.parent.glob(glob.escape(store.path.name) + ".shard-*"))
+    rows: dict[str, dict] = {}
+    for f in files:
+        header, shard_rows, _ = _read(f)
+        if header is None:
+            continue
+        if header["config"] != store.config:
+            raise QAPrunerError(f"'{f}' holds results of a different configuration; remove it or choose another "
+                                "--out.")
+        for uid, row in shard_rows.items():
+            if uid not in store.done:
+                rows.setdefault(uid, row)
+    place = {uid: i for i, uid in enumerate(order)}
+    new = sorted(rows.values(), key=lambda r: place.get(r["uid"], len(place)))
+    if new:
+        store.add(new)
+    for f in files:
+        f.unlink(missing_ok=True)
+    return len(new)
