@@ -55,3 +55,56 @@ def build_tiny_llava(out: str | Path, seed: int = 0, hidden: int = 64, layers: i
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def tiny_clip_tokenizer():
+    """A character-level CLIP tokenizer (every character is a token, ``</w>`` marks a word end): CLIP's own
+    normalisation, pre-tokenisation, start / end tokens and pooling on the end token, with a 84-token vocabulary."""
+    import string
+
+    from transformers import CLIPTokenizerFast
+
+    chars = list(string.ascii_lowercase) + list("?.,'!0123456789")
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    return CLIPTokenizerFast(vocab=vocab, merges=[])
+
+
+def build_tiny_clip_llava(out: str | Path, seed: int = 0, text_positions: int = 8) -> tuple[Path, Path]:
+    """A tiny llava-1.5-shaped model with a CLIP vision tower (56 px, patch 14: 16 patches + [CLS], features of
+    layer -2 without [CLS], as llava-1.5) in ``out/llava``, and the CLIP model it came from (same vision weights,
+    a text tower of ``text_positions`` positions, projections to 16 dims) in ``out/clip``."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    out = Path(out)
+    torch.manual_seed(seed)
+    vision = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, patch_size=14,
+                  image_size=56, projection_dim=16)
+    ctok = tiny_clip_tokenizer()
+    clip = CLIPModel(CLIPConfig(
+        text_config=CLIPTextConfig(vocab_size=len(ctok), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=48, max_position_embeddings=text_positions, projection_dim=16,
+                                   eos_token_id=ctok.eos_token_id, bos_token_id=ctok.bos_token_id, pad_token_id=0),
+        vision_config=CLIPVisionConfig(**vision), projection_dim=16)).eval()
+    clip.save_pretrained(out / "clip")
+    ctok.save_pretrained(out / "clip")
+
+    tok = tiny_tokenizer()
+    text = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=128, vocab_size=len(tok), tie_word_embeddings=True,
+                       pad_token_id=tok.pad_token_id, max_position_embeddings=512)
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**vision), text_config=text,
+                         image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN), projector_hidden_act="gelu",
+                         vision_feature_select_strategy="default", vision_feature_layer=-2, image_seq_length=16,
+                         tie_word_embeddings=True)
+    model = LlavaForConditionalGeneration(config).eval()
+    tower = model.model.vision_tower
+    getattr(tower, "vision_model", tower).load_state_dict(clip.vision_model.state_dict())
+    ip = BitImageProcessorPil(do_resize=True, size={"height": 56, "width": 56}, do_center_crop=False,
+                              do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_convert_rgb=True)
+    processor = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+                               chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
+    model.save_pretrained(out / "llava")
+    processor.save_pretrained(out / "llava")
+    return out / "llava", out / "clip"

@@ -13,6 +13,12 @@ SENSITIVITY_HELP = ("S^Q of the QA variant: paper (default: simulated INT4/G128 
                     "authors' released code)")
 
 
+RELEVANCE_HELP = ("CDPruner's instruction relevance: llm (default: visual tokens vs the LLM's embedding of the "
+                  "question; the testbed has no text tower) or clip:MODEL (CDPruner's own: the CLIP model, local path "
+                  "or hub id, whose vision tower the model uses, e.g. clip:openai/clip-vit-large-patch14-336 for "
+                  "llava-1.5)")
+
+
 def add_model_task_args(p) -> None:
     p.add_argument("--model", default="testbed", help="'testbed' (default: the v2 asset), 'testbed:v1' (the first asset), 'testbed:FILE' (another projector/LoRA asset), a local llava-hf directory or a hub id")
     p.add_argument("--task", default="easy-vqa", help="easy-vqa (default) | fashion-mnist | jsonl:PATH | scienceqa-img")

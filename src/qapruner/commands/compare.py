@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import parallel
-from .common import SENSITIVITY_HELP, add_model_task_args
+from .common import RELEVANCE_HELP, SENSITIVITY_HELP, add_model_task_args
 
 
 def add_parser(sub) -> None:
@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", default=None, choices=["choice", "generate"],
                    help="choice (default): likelihood of candidate answers; generate: greedy decode + parse")
     p.add_argument("--layer-k", type=int, default=None, help="LLM layer for FastV pruning (default 2)")
+    p.add_argument("--relevance", default=None, metavar="llm|clip:MODEL", help=RELEVANCE_HELP)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="execution dtype of the projector and LLM (bfloat16: FP / weight-only presets only)")
     p.add_argument("--no-fp-pruned", dest="fp_pruned", action="store_const", const=False, default=None,
@@ -46,7 +47,7 @@ def add_parser(sub) -> None:
 
 
 DEFAULT_LIMIT = 48  # items per task without --config or --limit (the demo's size)
-CLI_KEYS = ("model", "tasks", "quant", "dtype", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "fp_pruned",
+CLI_KEYS = ("model", "tasks", "quant", "dtype", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "relevance", "fp_pruned",
             "blank",            "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples")
 
 

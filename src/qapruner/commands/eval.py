@@ -9,7 +9,7 @@ from rich.table import Table
 
 from .. import parallel
 from ..errors import QAPrunerError
-from .common import SENSITIVITY_HELP, add_model_task_args, check_writable
+from .common import RELEVANCE_HELP, SENSITIVITY_HELP, add_model_task_args, check_writable
 
 
 def add_parser(sub) -> None:
@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sensitivity", default="paper", choices=["paper", "matched", "norm"],
                    help=SENSITIVITY_HELP)
     p.add_argument("--layer-k", type=int, default=2, help="LLM layer for in-LLM (fastv) pruning (default 2)")
+    p.add_argument("--relevance", default="llm", metavar="llm|clip:MODEL", help=RELEVANCE_HELP)
     p.add_argument("--mode", default="choice", choices=["choice", "generate"],
                    help="choice: next-token likelihood over candidate answers; generate: greedy decode + parse")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -47,7 +48,7 @@ def prune_config(args):
     if args.keep is None:
         raise QAPrunerError("--prune needs --keep RATIO (the share of visual tokens kept, in (0, 1]).")
     return PruneConfig(host=args.prune, keep=args.keep, qa=args.qa, alpha=args.alpha,
-                       sensitivity=args.sensitivity, layer_k=args.layer_k, seed=args.seed)
+                       sensitivity=args.sensitivity, layer_k=args.layer_k, relevance=args.relevance, seed=args.seed)
 
 
 def eval_config(args):

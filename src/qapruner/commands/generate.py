@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import QAPrunerError
-from .common import SENSITIVITY_HELP
+from .common import RELEVANCE_HELP, SENSITIVITY_HELP
 
 
 def add_parser(sub) -> None:
@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sensitivity", default="paper", choices=["paper", "matched", "norm"],
                    help=SENSITIVITY_HELP)
     p.add_argument("--layer-k", type=int, default=2, help="LLM layer for in-LLM (fastv) pruning (default 2)")
+    p.add_argument("--relevance", default="llm", metavar="llm|clip:MODEL", help=RELEVANCE_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the random host and of the calibration sample")
     p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit in tokens (default 32)")
     p.add_argument("--quant", default=None, help="quantization preset, e.g. w4a8, w4a4-rot-gptq (default: FP)")

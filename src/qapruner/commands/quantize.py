@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import QAPrunerError
-from .common import SENSITIVITY_HELP
+from .common import RELEVANCE_HELP, SENSITIVITY_HELP
 
 
 def add_parser(sub) -> None:
@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sensitivity", default="paper", choices=["paper", "matched", "norm"],
                    help=SENSITIVITY_HELP)
     p.add_argument("--layer-k", type=int, default=2, help="LLM layer for in-LLM (fastv) pruning (default 2)")
+    p.add_argument("--relevance", default="llm", metavar="llm|clip:MODEL", help=RELEVANCE_HELP)
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
     p.set_defaults(func=run)
@@ -60,7 +61,7 @@ def prune_config(args):
     if args.keep is None:
         raise QAPrunerError("--prune needs --keep RATIO (the share of visual tokens kept, in (0, 1]).")
     return PruneConfig(host=args.prune, keep=args.keep, qa=args.qa, alpha=args.alpha,
-                       sensitivity=args.sensitivity, layer_k=args.layer_k, seed=args.seed)
+                       sensitivity=args.sensitivity, layer_k=args.layer_k, relevance=args.relevance, seed=args.seed)
 
 
 def run(args) -> int:

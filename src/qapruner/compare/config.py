@@ -45,6 +45,7 @@ class CompareConfig:
     sens_bits: int = 4
     sens_group_size: int = 128
     layer_k: int = 2                   # FastV pruning layer
+    relevance: str = "llm"             # CDPruner's relevance: llm | clip:MODEL (prune/hosts/cdpruner.py)
     limit: int | None = None
     seed: int = 0
     out: str = "runs/compare"
@@ -91,6 +92,9 @@ class CompareConfig:
         for x in self.sensitivity:
             if x not in SENSITIVITIES:
                 raise QAPrunerError(f"--sensitivity must be one or more of {', '.join(SENSITIVITIES)}, got {x!r}.")
+        if not isinstance(self.relevance, str) or not (self.relevance == "llm" or self.relevance.startswith("clip:")
+                                                       and len(self.relevance) > 5):
+            raise QAPrunerError(f"--relevance must be 'llm' or 'clip:MODEL', got {self.relevance!r}.")
         if self.mode not in ("choice", "generate"):
             raise QAPrunerError(f"--mode must be 'choice' or 'generate', got {self.mode!r}.")
         if self.limit is not None and int(self.limit) <= 0:

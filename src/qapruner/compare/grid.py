@@ -59,7 +59,8 @@ class Row:
         qa = {"alpha": cfg.alpha, "sensitivity": self.sensitivity, "bits": cfg.sens_bits,
               "group_size": cfg.sens_group_size} if self.qa else {}
         layer = {"layer_k": cfg.layer_k} if self.host == "fastv" else {}
-        return PruneConfig(host=self.host, keep=self.keep, qa=self.qa, seed=cfg.seed, **qa, **layer)
+        relevance = {"relevance": cfg.relevance} if self.host == "cdpruner" else {}
+        return PruneConfig(host=self.host, keep=self.keep, qa=self.qa, seed=cfg.seed, **qa, **layer, **relevance)
 
     def eval_config(self, cfg: CompareConfig) -> EvalConfig:
         return EvalConfig(model=cfg.model, task=self.task, limit=cfg.limit, seed=cfg.seed, quant=self.quant,

@@ -194,7 +194,7 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
     L = ["# qapruner compare", "",
          f"Model `{cfg['model']}` · quantization {', '.join(q.upper() for q in cfg['quant'])} · hosts "
          f"{', '.join(cfg['hosts'])} · keep ratios {', '.join(f'{x:g}' for x in cfg['keeps'])} · alpha {cfg['alpha']} · "
-         f"sensitivity {_sensitivity_text(cfg)} · mode {cfg['mode']}"
+         f"sensitivity {_sensitivity_text(cfg)} · CDPruner relevance {cfg.get('relevance', 'llm')} · mode {cfg['mode']}"
          f"{' (greedy)' if cfg['mode'] == 'generate' else ' (next-token likelihood of the candidate answers)'}.", "",
          "Items: " + "; ".join(f"{t}: {d['subset']}" for t, d in results["tasks"].items())
          + f". Every configuration of a task is scored on the same items; seed {cfg['seed']} (subset, random host, "

@@ -184,10 +184,10 @@ class PruningHandle:
         return ids, mask, where.nonzero()[:, 1].view(b, n)
 
     def _context(self, visual: Tensor, cls_attn: Tensor | None, ids: Tensor, mask: Tensor, vpos: Tensor, given,
-                 layer: int = 0):
+                 layer: int = 0, features: Tensor | None = None):
         """The pruner's context, built by the harness's own ``LlavaAdapter.prune_context``. The instruction is
         ``given`` (texts, embedded as the harness embeds its questions) or, by default, each row's user-text
-        token ids (``question_ids``), embedded as they are."""
+        token ids (``question_ids``), embedded as they are (decoded to text for a CLIP text tower)."""
         a, pruner = self.adapter, self.pruner
         b = ids.shape[0]
         wants_text = "text_embeds" in pruner.needs
@@ -195,10 +195,14 @@ class PruningHandle:
             given = [given] if isinstance(given, str) else list(given)
             if len(given) != b:
                 raise QAPrunerError(f"prune_questions has {len(given)} texts for {b} prompts.")
-        ctx = a.prune_context(pruner, visual, cls_attn, given if given is not None else [""] * b, layer=layer)
-        if wants_text and given is None:
+        rows = None
+        if given is None and (wants_text or "clip_text" in pruner.needs):
             rows = [question_ids(a, ids[r, vpos[r, -1] + 1:][mask[r, vpos[r, -1] + 1:].bool()].tolist())
                     for r in range(b)]
+        texts = given if given is not None else [a.tokenizer.decode(r, skip_special_tokens=True) for r in rows] \
+            if rows is not None else [""] * b
+        ctx = a.prune_context(pruner, visual, cls_attn, texts, layer=layer, features=features)
+        if wants_text and given is None:
             tok = a.tokenizer
             pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
             text_ids, text_mask = pad([r or [tok.eos_token_id] for r in rows], pad_id)  # as text_embeds pads
@@ -217,7 +221,7 @@ class PruningHandle:
             feats, cls_attn = a.encode(pixel_values)
             t1 = time.perf_counter()
             visual = a.project(feats)
-            keep = pruner.select(self._context(visual, cls_attn, ids, mask, vpos, questions))
+            keep = pruner.select(self._context(visual, cls_attn, ids, mask, vpos, questions, features=feats))
             visual = gather_tokens(visual, keep.to(visual.device))
             rows = []
             for r in range(ids.shape[0]):

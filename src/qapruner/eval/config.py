@@ -101,6 +101,8 @@ class EvalConfig:
             d["calib_samples"] = None
         if self.mode != "generate":
             d["max_new_tokens"] = None
+        if d["prune"] is not None and d["prune"].get("relevance") == "llm":
+            del d["prune"]["relevance"]  # the default, and runs made before the option existed keep their key
         return d
 
 

@@ -211,6 +211,12 @@ class LlavaAdapter:
         """Final norm + LM head of the last position(s): (B, 1, D) -> (B, V)."""
         return self.logits(self.parts.norm(hidden_last))[:, 0]
 
+    def clip_relevance(self, spec: str):
+        """The CLIP text tower and projections of ``--relevance clip:SPEC``, checked against this vision tower."""
+        from .clip_relevance import clip_relevance_for
+
+        return clip_relevance_for(spec, self.parts.vision_tower)
+
     # ---- quantization-aware signals -------------------------------------------------------------------
     def matched_error(self, states: Tensor, layer: int = 0) -> Tensor:
         """The deployed activation quantizer's per-token error at layer ``layer``'s q_proj (B, N)."""
@@ -236,7 +242,7 @@ class LlavaAdapter:
         active = pruner is not None and not pruner.config.is_noop
         keep = None
         if active and pruner.location == "input":
-            keep = pruner.select(self.prune_context(pruner, visual, cls_attn, questions))
+            keep = pruner.select(self.prune_context(pruner, visual, cls_attn, questions, features=features))
             visual = gather_tokens(visual, keep)
         inputs = self.assemble(prompts, visual)
         t1 = time.perf_counter()
@@ -252,10 +258,12 @@ class LlavaAdapter:
             logits = self.last_logits(inputs)
         return Output(logits, texts, keep, n, {"select": t1 - t0, "prefill": time.perf_counter() - t1})
 
-    def prune_context(self, pruner, visual: Tensor, cls_attn: Tensor, questions: list[str], layer: int = 0):
+    def prune_context(self, pruner, visual: Tensor, cls_attn: Tensor, questions: list[str], layer: int = 0,
+                      features: Tensor | None = None):
         """The :class:`PruneContext` fields ``pruner`` needs. In the LLM (``layer`` > 0 hosts) the visual
         states and the attention are filled in at layer K by ``prune.inllm``; ``matched_error`` is then a
-        callable of those states."""
+        callable of those states. ``features`` (the vision features before the projector) feed CDPruner's
+        CLIP relevance (``--relevance clip:MODEL``)."""
         from ..prune.context import PruneContext
 
         needs = pruner.needs
@@ -264,6 +272,11 @@ class LlavaAdapter:
             ctx.cls_attn = cls_attn.to(self.device)
         if "text_embeds" in needs:
             ctx.text_embeds, ctx.text_mask = self.text_embeds(questions)
+        if "clip_image" in needs:
+            clip = self.clip_relevance(pruner.config.clip_model)
+            ctx.clip_image = clip.image_embeds(features).to(self.device)
+            text, mask = clip.text_embeds(questions)
+            ctx.clip_text, ctx.clip_text_mask = text.to(self.device), mask.to(self.device)
         if "matched_error" in needs:
             if pruner.location == "input":
                 ctx.matched_error = self.matched_error(visual)

@@ -36,6 +36,9 @@ class PruneConfig:
     bits: int = 4
     group_size: int = 128
     layer_k: int = 2  # LLM layer whose input is pruned in the in-LLM (FastV) location
+    # CDPruner's relevance: "llm" (LLM input space; the testbed has no text tower) or "clip:MODEL" (a local path or
+    # hub id of the CLIP whose vision tower the model uses: CDPruner's own relevance, hosts/cdpruner.py)
+    relevance: str = "llm"
     seed: int = 0  # for the random host
 
     def __post_init__(self) -> None:
@@ -76,8 +79,19 @@ class PruneConfig:
         if self.host == "fastv" and self.layer_k < 1:
             raise QAPrunerError("FastV ranks the visual tokens by the attention of layer K - 1 and prunes the input "
                                 f"of layer K, so K must be at least 1, got {self.layer_k}.")
+        if not isinstance(self.relevance, str) or not (self.relevance == "llm" or self.relevance.startswith("clip:")
+                                                       and len(self.relevance) > 5):
+            raise QAPrunerError(f"Relevance must be 'llm' or 'clip:MODEL' (a CLIP path or hub id), got {self.relevance!r}.")
+        if self.relevance != "llm" and self.host != "cdpruner":
+            raise QAPrunerError(f"--relevance {self.relevance} is CDPruner's instruction relevance; the {self.host} "
+                                "host does not use one.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise QAPrunerError(f"Seed must be an integer, got {self.seed!r}.")
+
+    @property
+    def clip_model(self) -> str | None:
+        """The CLIP model of ``relevance = "clip:MODEL"``, else None."""
+        return self.relevance[len("clip:"):] if self.relevance.startswith("clip:") else None
 
     @property
     def is_noop(self) -> bool:

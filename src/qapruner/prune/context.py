@@ -19,6 +19,9 @@ class PruneContext:
     text_mask: Tensor | None = None  # (B, T) 1 = real token
     llm_attn: Tensor | None = None  # (B, N) last-token attention to the visual tokens at LLM layer K
     matched_error: Tensor | None = None  # (B, N) ||h - Q(h)|| from the deployed quantizer
+    clip_image: Tensor | None = None  # (B, N, C) CLIP image embeddings of the patches (CDPruner's relevance)
+    clip_text: Tensor | None = None  # (B, M, C) pooled CLIP text embeddings of the question, one per segment
+    clip_text_mask: Tensor | None = None  # (B, M) 1 = a real segment
 
     @property
     def batch(self) -> int:
@@ -43,6 +46,13 @@ class PruneContext:
             t = getattr(self, name)
             if t is not None and tuple(t.shape) != (b, n):
                 raise QAPrunerError(f"PruneContext.{name} must have shape {(b, n)}, got {tuple(t.shape)}.")
+        if self.clip_image is not None and tuple(self.clip_image.shape[:2]) != (b, n):
+            raise QAPrunerError(f"PruneContext.clip_image must be (B, N, C) with (B, N) = {(b, n)}, got "
+                                f"{tuple(self.clip_image.shape)}.")
+        if self.clip_text is not None and (self.clip_text.shape[0] != b or self.clip_image is not None
+                                           and self.clip_text.shape[-1] != self.clip_image.shape[-1]):
+            raise QAPrunerError(f"PruneContext.clip_text must be (B, M, C) matching clip_image, got "
+                                f"{tuple(self.clip_text.shape)}.")
         if self.grid is not None:
             h, w = self.grid
             if h * w != n:

@@ -22,6 +22,8 @@ class Pruner:
     def __init__(self, config: PruneConfig):
         self.config = config
         self.host = make_host(config.host, config.seed)
+        if config.clip_model is not None:
+            self.host.relevance = "clip"
 
     # ---- what the caller must compute -------------------------------------------------------------
     @property
