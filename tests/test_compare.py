@@ -63,7 +63,7 @@ class FakeBackend(Backend):
             raise QAPrunerError(f"bad preset {preset}")
 
     def quantize(self, loaded, preset, task, cfg, progress=None):
-        self.quantized.append((preset, task.name))
+        self.quantized.append((preset, task.name if isinstance(task, Task) else tuple(t.name for t in task)))
         return FakeModel(preset), {"preset": preset}
 
     def check_model(self, adapter, cfg):
@@ -342,3 +342,33 @@ def test_regenerate_a_report_made_before_the_sensitivity_sweep(tmp_path):
     assert [(c["host"], c["keep"], c["diff"]) for c in again["comparisons"]] == \
            [(c["host"], c["keep"], c["diff"]) for c in res["comparisons"]]
     assert "| W4A4 + cls | W4A4 + QA-cls |" in (Path(cfg.out) / "report.md").read_text()
+
+
+def test_shared_calibration_quantizes_once_per_preset(tmp_path):
+    per_task = cfg_for(tmp_path, tasks="t1,t2", quant="w4a4,w4a8-gptq", gallery=0)
+    shared = cfg_for(tmp_path, tasks="t1,t2", quant="w4a4,w4a8-gptq", gallery=0, calibration="shared")
+    b = FakeBackend()
+    run_compare(shared, b, log=lambda *a: None, env=ENV)
+    assert b.quantized == [("w4a4", "t1"), ("w4a8-gptq", ("t1", "t2"))]  # one GPTQ model for both tasks
+    rows = build_grid(shared)
+    fp = [r for r in rows if r.quant is None or r.quant == "w4a4"]
+    gptq = [r for r in rows if r.quant == "w4a8-gptq"]
+    # RTN and FP rows do not calibrate: the same configurations (and ids) as per-task calibration
+    assert [r.config_id(shared) for r in fp] == [r.config_id(per_task) for r in fp]
+    assert all(r.fingerprint(shared)["calib_tasks"] == ["t1", "t2"] or r.fingerprint(shared)["calib_tasks"] == ("t1", "t2")
+               for r in gptq)
+    assert not {r.config_id(shared) for r in gptq} & {r.config_id(per_task) for r in gptq}
+    assert "calib_tasks" not in gptq[0].fingerprint(per_task)  # per-task keys are those of earlier runs
+    with pytest.raises(QAPrunerError, match="calibration must be"):
+        cfg_for(tmp_path, calibration="joint")
+
+
+def test_calibration_sources_share_out_the_samples(monkeypatch):
+    from qapruner.eval import prepare
+    from qapruner.eval.prepare import calibration_sources
+
+    monkeypatch.setattr(prepare, "calibration_task", lambda t: t)  # synthetic tasks have no training split
+
+    tasks = [synthetic_task("a"), synthetic_task("b"), synthetic_task("c")]
+    assert [n for _, n in calibration_sources(tasks, 32)] == [11, 11, 10]
+    assert [(t.name, n) for t, n in calibration_sources(tasks[0], 32)] == [("a", 32)]

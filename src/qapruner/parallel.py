@@ -208,11 +208,11 @@ def quantized_copy(adapter, config, task, calib_samples: int, seed: int, progres
 
     if world() == 1:
         return prepare.quantized_copy(adapter, config, task, calib_samples, seed, progress=progress)
-    from .tasks import calibration_task
-
     barrier()  # nobody reads the feature cache while the main process may still write it
     if config.needs_calibration and is_main():
-        prepare.calibration_inputs(adapter, calibration_task(task), calib_samples, seed)
+        for src, n in prepare.calibration_sources(task, calib_samples):
+            if n:
+                prepare.calibration_inputs(adapter, src, n, seed)
     barrier()
     q, info = prepare.quantized_copy(adapter, config, task, calib_samples, seed, progress=progress)
     prints = gather(fingerprint(q.model))

@@ -55,6 +55,9 @@ class CompareConfig:
     max_new_tokens: int = 10
     batch_size: int = 16
     calib_samples: int = 32
+    calibration: str = "per-task"      # per-task: a calibrating preset (GPTQ, static scales) is quantized once per
+                                       # task, on its training split; shared: once per preset, on all the tasks'
+                                       # training splits (calib_samples shared out), like one deployed model
     dtype: str = "float32"             # float32 | bfloat16 (FP and weight-only presets; see EvalConfig)
     bootstrap_reps: int = 10000
     gallery: int = 4                   # images in the gallery (0: none)
@@ -95,6 +98,8 @@ class CompareConfig:
         if not isinstance(self.relevance, str) or not (self.relevance == "llm" or self.relevance.startswith("clip:")
                                                        and len(self.relevance) > 5):
             raise QAPrunerError(f"--relevance must be 'llm' or 'clip:MODEL', got {self.relevance!r}.")
+        if self.calibration not in ("per-task", "shared"):
+            raise QAPrunerError(f"calibration must be 'per-task' or 'shared', got {self.calibration!r}.")
         if self.mode not in ("choice", "generate"):
             raise QAPrunerError(f"--mode must be 'choice' or 'generate', got {self.mode!r}.")
         if self.limit is not None and int(self.limit) <= 0:

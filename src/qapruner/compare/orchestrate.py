@@ -214,13 +214,15 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
                     models[None] = (backend.cast(fp, cfg.dtype, copy=True), None)
                 model, qinfo = models[None]
             else:
-                key = tname if backend.calibrates(quant) else None
+                shared = backend.calibrates(quant) and cfg.calibration == "shared"
+                key = tname if backend.calibrates(quant) and not shared else None
                 if key not in models:
                     model = None  # drop our reference too, so the previous copy can be freed before the next
                     for old in list(models):  # at most one quantized copy alive at a time
                         backend.release(models.pop(old)[0])
-                    log(f"quantizing {cfg.model} with {quant}" + (f" (calibrated on {tname})" if key else ""))
-                    q, info = backend.quantize(fp, quant, task, cfg, progress)
+                    log(f"quantizing {cfg.model} with {quant}" + (f" (calibrated on {tname})" if key else "")
+                        + (f" (calibrated on {', '.join(tasks)})" if shared else ""))
+                    q, info = backend.quantize(fp, quant, list(tasks.values()) if shared else task, cfg, progress)
                     models[key] = (backend.cast(q, cfg.dtype, copy=False), info)
                 model, qinfo = models[key]
             for r in task_rows:

@@ -13,7 +13,9 @@ SECONDS_PER_CALIBRATION = 150.0
 def plan_line(todo, tasks: dict, cfg: CompareConfig, backend) -> str:
     items = sum(len(tasks[r.task].items) for r in todo)
     quants = {r.quant for r in todo if r.quant}
-    calibrations = sum(len({r.task for r in todo if r.quant == q}) if backend.calibrates(q) else 1 for q in quants)
+    per_task = cfg.calibration == "per-task"
+    calibrations = sum(len({r.task for r in todo if r.quant == q}) if backend.calibrates(q) and per_task else 1
+                       for q in quants)
     est = items * SECONDS_PER_ITEM + calibrations * SECONDS_PER_CALIBRATION
     return (f"plan: {len(todo)} configurations × {items // max(1, len(todo))} items on average = {items} item "
             f"evaluations, {calibrations} quantized model(s); roughly {est / 60:.0f} min on 2 CPU cores with the "

@@ -29,6 +29,7 @@ class EvalConfig:
     blank_image: bool = False  # every image replaced by a blank one (the blind baseline)
     quant: QuantConfig | None = None  # None = FP
     calib_samples: int = 32  # calibration items (GPTQ, static scales, SmoothQuant)
+    calib_tasks: tuple[str, ...] | None = None  # calibrate on these tasks' training splits together; None = `task`'s
     prune: PruneConfig | None = None  # None = all visual tokens
     mode: Mode = "choice"  # choice: next-token likelihood over candidates; generate: greedy decode + parse
     max_new_tokens: int = 10  # generate mode
@@ -42,6 +43,8 @@ class EvalConfig:
         object.__setattr__(self, "model", canonical_model(self.model))  # "testbed" names its asset in the key
         if isinstance(self.quant, str):
             object.__setattr__(self, "quant", QuantConfig.from_preset(self.quant))
+        if self.calib_tasks is not None:
+            object.__setattr__(self, "calib_tasks", tuple(self.calib_tasks))
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit <= 0):
             raise QAPrunerError(f"--limit must be a positive number of items, got {self.limit}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -98,7 +101,9 @@ class EvalConfig:
         normalised, so e.g. calibration size does not split FP runs."""
         d = {k: v for k, v in self.describe().items() if k not in self.NOT_IN_KEY}
         if self.quant is None or not self.quant.needs_calibration:
-            d["calib_samples"] = None
+            d["calib_samples"] = d["calib_tasks"] = None
+        if d["calib_tasks"] is None:
+            del d["calib_tasks"]  # calibrated on the task itself: the key of runs made before the option
         if self.mode != "generate":
             d["max_new_tokens"] = None
         if d["prune"] is not None and d["prune"].get("relevance") == "llm":
