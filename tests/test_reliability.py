@@ -13,8 +13,9 @@ from qapruner.eval.config import EvalConfig
 from qapruner.prune import PruneConfig
 
 PRUNE_OPTIONS = {"prune": "host", "keep": "keep", "qa": "qa", "alpha": "alpha", "sensitivity": "sensitivity",
-                 "layer_k": "layer_k"}
-NOT_A_PREDICTION = {"out", "func", "command", "help"}  # where results go, and argparse's own
+                 "layer_k": "layer_k", "relevance": "relevance"}
+# where results go, argparse's own, and how the work is shared out (test_parallel: item for item identical)
+NOT_A_PREDICTION = {"out", "func", "command", "help", "processes", "threads"}
 
 
 def _eval_dests() -> set[str]:
@@ -32,13 +33,17 @@ def test_every_eval_option_is_part_of_the_resolved_config():
 
 
 def test_resume_key_holds_every_field_but_the_declared_ones():
-    cfg = EvalConfig(quant="w4a4-static", mode="generate")
+    cfg = EvalConfig(quant="w4a4-static", mode="generate", batch_size=8, calib_tasks=("easy-vqa", "shapes"))
     assert set(cfg.key()) == {f.name for f in fields(EvalConfig)} - set(EvalConfig.NOT_IN_KEY)
     base = cfg.key()
     for change in ({"blank_image": True}, {"calib_samples": 8}, {"seed": 1}, {"limit": 5}, {"max_new_tokens": 3},
-                   {"prune": PruneConfig("cls", 0.5, qa=True, alpha="dynamic")}, {"model": "testbed:x"}):
+                   {"prune": PruneConfig("cls", 0.5, qa=True, alpha="dynamic")}, {"model": "testbed:x"},
+                   {"batch_size": 3}, {"calib_tasks": ("shapes",)}):
         assert EvalConfig(**{**cfg.describe(), "quant": "w4a4-static", **change}).key() != base, change
-    assert EvalConfig(quant="w4a4-static", mode="generate", batch_size=3).key() == base
+    # the default batch size (16) and per-task calibration are left out: the keys of runs made before them
+    plain = EvalConfig(quant="w4a4-static").key()
+    assert "batch_size" not in plain and "calib_tasks" not in plain
+    assert EvalConfig(quant="w4a4-static", batch_size=3).key() != plain
     # options a run does not use do not split it: calibration size without a calibrating preset
     assert EvalConfig(calib_samples=4).key() == EvalConfig(calib_samples=8).key()
     assert (EvalConfig(prune=PruneConfig("cls", 0.5, alpha=0.3, qa=True)).key()

@@ -63,8 +63,9 @@ class Evaluator:
         with _progress(progress) as progress:
             self.cache(task).ensure(sorted({it.image for it in todo}), progress)
             bar = progress.add_task(label, total=len(task.items), completed=len(task.items) - len(todo))
-            batches = split(todo, cfg.batch_size)
-            seconds = self._evaluate(batches, self.cache(task), cfg, store, progress, bar, [len(b) for b in batches])
+            batches = pending(task.items, {it.uid for it in todo}, cfg.batch_size)
+            seconds = self._evaluate(batches, self.cache(task), cfg, store, progress, bar,
+                                     [sum(it.uid not in store.done for it in b) for b in batches])
             progress.remove_task(bar)
         return summarize(task, cfg, store, self.adapter, items_path, time.perf_counter() - start, len(todo), seconds)
 
@@ -93,13 +94,15 @@ class Evaluator:
                 todo = [by_uid[u] for u in message]
                 # a fresh cache elsewhere: it reads what the main process has just encoded
                 cache = self.cache(task) if parallel.is_main() else FeatureCache(self.adapter, task)
-                batches = split(todo, cfg.batch_size)
+                wanted = {it.uid for it in todo}
+                batches = pending(task.items, wanted, cfg.batch_size)
                 rank, world = parallel.rank(), parallel.world()
                 mine = range(rank, len(batches), world)
-                rounds = [sum(len(b) for b in batches[i - rank : i - rank + world]) for i in mine]
+                rounds = [sum(it.uid in wanted for b in batches[i - rank : i - rank + world] for it in b) for i in mine]
                 bar = progress.add_task(label, total=len(task.items), completed=len(task.items) - len(todo))
                 with ItemStore(shard_path(items_path, rank), cfg.key(), lock=False) as shard:
-                    seconds = self._evaluate([batches[i] for i in mine], cache, cfg, shard, progress, bar, rounds)
+                    seconds = self._evaluate([batches[i] for i in mine], cache, cfg, shard, progress, bar, rounds,
+                                             wanted)
                 progress.remove_task(bar)
             timings = parallel.gather(seconds)  # every shard is complete past this point
             if store is not None:
@@ -113,8 +116,9 @@ class Evaluator:
         return parallel.broadcast(summary)
 
     def _evaluate(self, batches: list[list], cache: FeatureCache, cfg: EvalConfig, sink: ItemStore, progress,
-                  bar, steps: list[int]) -> dict:
-        """Run ``batches`` and add their rows to ``sink``; advance ``bar`` by ``steps[i]`` after batch i."""
+                  bar, steps: list[int], wanted: set[str] | None = None) -> dict:
+        """Run ``batches`` and add the rows of their ``wanted`` items (default: those ``sink`` lacks) to ``sink``;
+        advance ``bar`` by ``steps[i]`` after batch i."""
         pruner = Pruner(cfg.prune) if cfg.prune is not None else None
         generate = cfg.max_new_tokens if cfg.mode == "generate" else 0
         seconds = {"select": 0.0, "prefill": 0.0}
@@ -133,15 +137,20 @@ class Evaluator:
                     row["kind"] = it.kind
                 if out.keep is not None:
                     row["kept"] = out.keep[i].tolist()
-                rows.append(row)
+                if (it.uid in wanted) if wanted is not None else (it.uid not in sink.done):
+                    rows.append(row)
             sink.add(rows)
             progress.advance(bar, step)
         return seconds
 
 
-def split(items: list, batch_size: int) -> list[list]:
-    """The batches one process runs: consecutive ``batch_size`` items of the task order."""
-    return [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
+def pending(items: list, todo: set[str], batch_size: int) -> list[list]:
+    """The batches still to run: consecutive ``batch_size`` items of the whole task order (fixed boundaries,
+    whatever is already stored), those holding an item of ``todo``. A batch's padding can flip a near-tie answer
+    under activation quantization, so a resumed or multi-process run batches every item as one uninterrupted
+    run does; a partly stored batch runs whole and only its missing rows are added."""
+    batches = [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
+    return [b for b in batches if any(it.uid in todo for it in b)]
 
 
 @contextmanager
