@@ -213,11 +213,12 @@ def test_lmms_eval_end_to_end_on_a_tiny_model_equals_qapruner_eval(tiny_llava_di
 
 
 # ---- the real testbed (shared cache) ---------------------------------------------------------------------------
-TESTBED_CONFIGS = {
-    "fp": ("", [], "qapruner_easy_vqa"),
+GENERATE_EASY_VQA = ("easy-vqa", "generate", "qapruner_easy_vqa")
+CHOICE_FASHION = ("fashion-mnist", "choice", "qapruner_fashion_mnist_mc")  # one-letter candidates: mc = choice mode
+TESTBED_CONFIGS = {  # name: (model_args, qapruner eval flags, [(qapruner task, --mode, lmms-eval task)])
+    "fp": ("", [], [GENERATE_EASY_VQA, CHOICE_FASHION]),
     "w8a8+cdpruner-qa": (",quant=w8a8,prune=cdpruner,keep=0.25,qa=true",
-                         ["--quant", "w8a8", "--prune", "cdpruner", "--keep", "0.25", "--qa"],
-                         "qapruner_easy_vqa,qapruner_fashion_mnist_mc"),
+                         ["--quant", "w8a8", "--prune", "cdpruner", "--keep", "0.25", "--qa"], [GENERATE_EASY_VQA]),
 }
 
 
@@ -225,14 +226,12 @@ TESTBED_CONFIGS = {
 @pytest.mark.testbed
 @pytest.mark.parametrize("name", list(TESTBED_CONFIGS))
 def test_testbed_lmms_eval_equals_qapruner_eval(name, tmp_path):
-    """8 easy-VQA items (generate) and, pruned, 8 Fashion-MNIST items (one-letter candidates: multiple_choice =
-    --mode choice), the subset of ``qapruner eval --limit 8 --seed 0``; lmms-eval and qapruner run side by side."""
-    model_args, flags, tasks = TESTBED_CONFIGS[name]
+    """8 items of each task, the subset of ``qapruner eval --limit 8 --seed 0``: the answers and the accuracy
+    through ``python -m lmms_eval`` equal ``qapruner eval``'s (the two run side by side)."""
+    model_args, flags, runs = TESTBED_CONFIGS[name]
     out, n = tmp_path / "lmms", 8
-    proc = start_lmms(f"model=testbed{model_args}", tasks, out, n, QAPRUNER_LMMS_LIMIT=str(n), QAPRUNER_LMMS_SEED="0")
-    runs = [("easy-vqa", "generate", "qapruner_easy_vqa")]
-    if "fashion" in tasks:
-        runs.append(("fashion-mnist", "choice", "qapruner_fashion_mnist_mc"))
+    proc = start_lmms(f"model=testbed{model_args}", ",".join(r[2] for r in runs), out, n,
+                      QAPRUNER_LMMS_LIMIT=str(n), QAPRUNER_LMMS_SEED="0")
     for task, mode, _ in runs:
         argv = ["eval", "--model", "testbed", "--task", task, "--limit", str(n), "--seed", "0", "--mode", mode,
                 "--batch-size", str(n), *flags, "--out", str(tmp_path / f"{task}.json")]

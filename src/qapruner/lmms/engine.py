@@ -36,7 +36,7 @@ class Visual:
 
 class Engine:
     def __init__(self, options: Options):
-        self.options = cfg = options.config
+        self.config = cfg = options.config
         self.feature_cache = options.feature_cache
         check_model_spec(cfg.model)
         self.base = load_model(cfg.model)
@@ -50,16 +50,12 @@ class Engine:
             self.prepare(self._calib)
 
     # ---- the model ----------------------------------------------------------------------------------
-    @property
-    def needs_calibration_task(self) -> bool:
-        return self.adapter is None
-
     def prepare(self, calib: str | None) -> None:
         """Quantize / cast as ``qapruner eval`` does; ``calib`` names the qapruner task whose calibration split
         calibrates GPTQ / static presets (``eval.prepare``: its train split, or the task itself)."""
         from ..eval.prepare import quantized_copy
 
-        cfg, adapter = self.options, self.base
+        cfg, adapter = self.config, self.base
         if cfg.quant is not None:
             task = None
             if cfg.quant.needs_calibration:
@@ -155,7 +151,7 @@ class Engine:
         visual = adapter.project(feats)
         if out.keep is not None:
             visual = gather_tokens(visual, out.keep.to(visual.device))
-        size = self.options.batch_size
+        size = self.config.batch_size
         for s in range(0, len(longer), size):
             chunk = longer[s : s + size]
             conts = [continuations[b][j] for b, j in chunk]
