@@ -13,7 +13,8 @@ def test_compare_runs_the_real_backend_on_a_tiny_llava(tiny_llava_dir, tiny_json
             "--layer-k", "1", "--out", str(out)]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
-    assert len(res["configs"]) == 1 + 1 + 3 + 1 + 6  # FP dense, FP blank, FP + host, W dense, W + host / QA-host
+    # without --config the demo's grid (no FP + host rows): FP dense, FP blank, W dense, W + host / QA-host
+    assert len(res["configs"]) == 1 + 1 + 1 + 6
     blind = next(c for c in res["configs"] if c["kind"] == "fp-blank")
     assert res["image_dependence"][f"jsonl:{tiny_jsonl}"]["blind_id"] == blind["id"]
     assert all(c["n"] == 12 for c in res["configs"]) and len(res["comparisons"]) == 3

@@ -110,6 +110,8 @@ class EvalConfig:
             del d["batch_size"]
         if d["calib_tasks"] is None:
             del d["calib_tasks"]  # calibrated on the task itself: the key of runs made before the option
+        else:
+            d["calib_tasks"] = list(d["calib_tasks"])  # as a stored header reads it back (JSON has no tuples)
         if self.mode != "generate":
             d["max_new_tokens"] = None
         if d["prune"] is not None and d["prune"].get("relevance") == "llm":
