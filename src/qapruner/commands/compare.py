@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                    help="skip the FP + host reference rows")
     p.add_argument("--no-blank", dest="blank", action="store_const", const=False, default=None,
                    help="skip the blind baseline (FP dense on a blank image) and the image-dependence section")
+    p.add_argument("--prune-calibration", dest="prune_calibration", action="store_const", const=True, default=None,
+                   help="add rows whose quantized model is calibrated on each row's pruned token sets (GPTQ / static "
+                        "scales; one calibration per host, keep and QA setting; not fastv or matched S^Q)")
     p.add_argument("--gallery", type=int, default=None, help="images in the kept-token gallery (default 4; 0: none)")
     p.add_argument("--bootstrap-reps", type=int, default=None, help="paired bootstrap resamples (default 10000)")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/compare)")
@@ -47,7 +50,7 @@ def add_parser(sub) -> None:
 
 
 CLI_KEYS = ("model", "tasks", "quant", "dtype", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "relevance", "fp_pruned",
-            "blank",            "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples")
+            "blank", "prune_calibration", "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples")
 
 
 def config_from_args(args):

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
                    help=SENSITIVITY_HELP)
     p.add_argument("--layer-k", type=int, default=2, help="LLM layer for in-LLM (fastv) pruning (default 2)")
     p.add_argument("--relevance", default="llm", metavar="llm|clip:MODEL", help=RELEVANCE_HELP)
+    p.add_argument("--calib-pruned", action="store_true",
+                   help="calibrate GPTQ / static scales on the token sets the pruner keeps (the same host, keep and QA "
+                        "setting), not on all visual tokens (prune-aware calibration)")
     p.add_argument("--mode", default="choice", choices=["choice", "generate"],
                    help="choice: next-token likelihood over candidate answers; generate: greedy decode + parse")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -58,7 +61,7 @@ def eval_config(args):
     return EvalConfig(model=args.model, task=args.task, limit=args.limit, seed=args.seed,
                       blank_image=args.blank_image, quant=args.quant, calib_samples=args.calib_samples,
                       prune=prune_config(args), mode=args.mode, batch_size=args.batch_size, dtype=args.dtype,
-                      real=args.real)
+                      real=args.real, calib_pruned=args.calib_pruned)
 
 
 def run(args) -> int:
@@ -82,7 +85,8 @@ def run(args) -> int:
     with parallel.progress_bar() as progress:
         if cfg.quant is not None:
             adapter, quant_info = parallel.quantized_copy(adapter, cfg.quant, task, cfg.calib_samples, cfg.seed,
-                                                          progress=progress)
+                                                          progress=progress,
+                                                          calib_prune=cfg.prune if cfg.calib_pruned else None)
         if cfg.real:
             from ..deploy.runtime import realize
 

@@ -58,6 +58,8 @@ class CompareConfig:
     calibration: str = "per-task"      # per-task: a calibrating preset (GPTQ, static scales) is quantized once per
                                        # task, on its training split; shared: once per preset, on all the tasks'
                                        # training splits (calib_samples shared out), like one deployed model
+    prune_calibration: bool = False    # also run every Wq + host / QA-host row of a calibrating preset on a model
+                                       # calibrated on that row's pruned token sets (not fastv, not matched S^Q)
     dtype: str = "float32"             # float32 | bfloat16 (FP and weight-only presets; see EvalConfig)
     bootstrap_reps: int = 10000
     gallery: int = 4                   # images in the gallery (0: none)

@@ -1,4 +1,5 @@
-"""Running the grid: resumable, one quantized model per preset, a progress bar over configurations.
+"""Running the grid: resumable, one quantized model per preset (per task, per pruned calibration: ``grid.model_key``),
+a progress bar over configurations.
 
 Layout of ``--out DIR``::
 
@@ -23,7 +24,7 @@ from ..eval.store import read_items
 from ..io import write_json
 from ..tasks.base import Task
 from .config import CompareConfig
-from .grid import build_grid, slug
+from .grid import Row, build_grid, model_key, slug
 from .plan import plan_line
 
 
@@ -60,11 +61,11 @@ class Backend:
         if "fastv" in cfg.hosts:
             EvalConfig(prune=PruneConfig("fastv", 0.5, layer_k=cfg.layer_k)).check_model(adapter)
 
-    def quantize(self, adapter, preset: str, task: Task, cfg: CompareConfig, progress=None):
+    def quantize(self, adapter, preset: str, task, cfg: CompareConfig, progress=None, calib_prune=None):
         from ..quant import QuantConfig
 
         return parallel.quantized_copy(adapter, QuantConfig.from_preset(preset), task, cfg.calib_samples, cfg.seed,
-                                       progress=progress)
+                                       progress=progress, calib_prune=calib_prune)
 
     def evaluate(self, adapter, task: Task, ecfg, items_path: Path, progress, label: str) -> dict:
         from ..eval.runner import Evaluator
@@ -203,54 +204,59 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
         if fp is None:
             fp = backend.load_model(cfg.model)
             backend.check_model(fp, cfg)
-        models: dict = {}
-        for tname, task in tasks.items():
-            task_rows = [r for r in group if r.task == tname]
-            want_gallery = gallery_here and tname == plan.task
-            if not task_rows and not want_gallery:
-                continue
-            if quant is None:
-                if None not in models:
-                    models[None] = (backend.cast(fp, cfg.dtype, copy=True), None)
-                model, qinfo = models[None]
-            else:
-                shared = backend.calibrates(quant) and cfg.calibration == "shared"
-                key = tname if backend.calibrates(quant) and not shared else None
-                if key not in models:
-                    model = None  # drop our reference too, so the previous copy can be freed before the next
-                    for old in list(models):  # at most one quantized copy alive at a time
-                        backend.release(models.pop(old)[0])
-                    log(f"quantizing {cfg.model} with {quant}" + (f" (calibrated on {tname})" if key else "")
-                        + (f" (calibrated on {', '.join(tasks)})" if shared else ""))
-                    q, info = backend.quantize(fp, quant, list(tasks.values()) if shared else task, cfg, progress)
-                    models[key] = (backend.cast(q, cfg.dtype, copy=False), info)
-                model, qinfo = models[key]
-            for r in task_rows:
-                cid = ids[r]
-                s = backend.evaluate(model, task.blank() if r.blank else task, r.eval_config(cfg), items_dir / f"{cid}.jsonl", progress,
-                                     f"{tname} · {r.label}")
-                s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo})
-                if parallel.is_main():
-                    write_json(summary_path(items_dir, cid), s)
-                summaries[r] = s
-                done += 1
-                log(f"[{done}/{len(todo)}] {tname} · {r.label}: accuracy {s['accuracy']:.3f} (n = {s['n']}, "
-                    f"{s['seconds']:.0f} s)")
-                if progress:
-                    progress.advance(bar)
-            if want_gallery and parallel.is_main():
-                items = [it for it in task.items if it.uid in set(plan.uids)]
-                data = backend.gallery_data(model, task, items, cfg)
-                _save_gallery(gallery_file, plan, cfg, data, items, model_grid(model))
-        model = None
-        for old in list(models):
-            backend.release(models.pop(old)[0])
+        calibrates = quant is not None and backend.calibrates(quant)
+        keys = list(dict.fromkeys(model_key(r, cfg, calibrates) for r in group))  # one quantized copy each
+        gallery_key = model_key(Row(plan.task, quant), cfg, calibrates) if gallery_here else None
+        if gallery_key is not None and gallery_key not in keys:
+            keys.insert(0, gallery_key)
+        for key in keys:
+            key_rows = [r for r in group if model_key(r, cfg, calibrates) == key]
+            model, qinfo = _prepare(backend, fp, cfg, quant, key, key_rows, tasks, progress, log)
+            for tname, task in tasks.items():
+                task_rows = [r for r in key_rows if r.task == tname]
+                for r in task_rows:
+                    cid = ids[r]
+                    s = backend.evaluate(model, task.blank() if r.blank else task, r.eval_config(cfg),
+                                         items_dir / f"{cid}.jsonl", progress, f"{tname} · {r.label}")
+                    s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo})
+                    if parallel.is_main():
+                        write_json(summary_path(items_dir, cid), s)
+                    summaries[r] = s
+                    done += 1
+                    log(f"[{done}/{len(todo)}] {tname} · {r.label}: accuracy {s['accuracy']:.3f} (n = {s['n']}, "
+                        f"{s['seconds']:.0f} s)")
+                    if progress:
+                        progress.advance(bar)
+                if key == gallery_key and tname == plan.task and parallel.is_main():
+                    items = [it for it in task.items if it.uid in set(plan.uids)]
+                    data = backend.gallery_data(model, task, items, cfg)
+                    _save_gallery(gallery_file, plan, cfg, data, items, model_grid(model))
+            backend.release(model)  # at most one quantized copy alive at a time
+            model = None
     if progress and bar is not None:
         progress.remove_task(bar)
 
     configs = [{"id": ids[r], "row": r.to_dict(), "summary": summaries[r]} for r in rows]
     return {"tasks": tasks, "rows": rows, "configs": configs, "computed": len(todo),
             "gallery": (plan, gallery_file) if plan is not None else None}
+
+
+def _prepare(backend: Backend, fp, cfg: CompareConfig, quant: str | None, key: tuple, key_rows: list[Row],
+             tasks: dict[str, Task], progress, log):
+    """The model of one ``grid.model_key``: the FP model (cast), or a quantized copy calibrated on its task (or
+    all tasks when shared) and, for prune-calibrated rows, on the token sets of their pruning configuration."""
+    if quant is None:
+        return backend.cast(fp, cfg.dtype, copy=True), None
+    _, tname, pruned = key
+    shared = tname is None and backend.calibrates(quant)
+    calib_prune = key_rows[0].prune_config(cfg) if pruned is not None else None
+    p = calib_prune
+    log(f"quantizing {cfg.model} with {quant}" + (f" (calibrated on {tname})" if tname else "")
+        + (f" (calibrated on {', '.join(tasks)})" if shared else "")
+        + (f", on the tokens {'QA-' if p.qa else ''}{p.host} keeps at {p.keep:g}" if p else ""))
+    source = list(tasks.values()) if shared else tasks[tname] if tname else next(iter(tasks.values()))
+    q, info = backend.quantize(fp, quant, source, cfg, progress, calib_prune=calib_prune)
+    return backend.cast(q, cfg.dtype, copy=False), info
 
 
 def model_grid(loaded) -> list[int]:

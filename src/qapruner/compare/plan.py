@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .config import CompareConfig
+from .grid import model_key
 
 # Rough costs on 2 CPU cores with the testbed (measured: ~0.25 s per item and configuration, ~150 s per GPTQ
 # run); a plan line states them so that nobody starts a many-hour grid by accident.
@@ -12,10 +13,7 @@ SECONDS_PER_CALIBRATION = 150.0
 
 def plan_line(todo, tasks: dict, cfg: CompareConfig, backend) -> str:
     items = sum(len(tasks[r.task].items) for r in todo)
-    quants = {r.quant for r in todo if r.quant}
-    per_task = cfg.calibration == "per-task"
-    calibrations = sum(len({r.task for r in todo if r.quant == q}) if backend.calibrates(q) and per_task else 1
-                       for q in quants)
+    calibrations = len({model_key(r, cfg, backend.calibrates(r.quant)) for r in todo if r.quant})
     est = items * SECONDS_PER_ITEM + calibrations * SECONDS_PER_CALIBRATION
     return (f"plan: {len(todo)} configurations × {items // max(1, len(todo))} items on average = {items} item "
             f"evaluations, {calibrations} quantized model(s); roughly {est / 60:.0f} min on 2 CPU cores with the "

@@ -93,8 +93,9 @@ def accuracy_vs_keep(results: dict, task: str, path: Path) -> Path:
 
 
 def qa_minus_host(results: dict, path: Path) -> Path:
-    """QA − host accuracy difference (points) with paired-bootstrap 95 % CI bars, one panel per task."""
-    comps = results["comparisons"]
+    """QA − host accuracy difference (points) with paired-bootstrap 95 % CI bars, one panel per task (all-token
+    calibration; the prune-calibrated pairs are in the report's table)."""
+    comps = [c for c in results["comparisons"] if not c.get("calib_pruned")]
     tasks = results["config"]["tasks"]
     quants = results["config"]["quant"]
     sens = swept_sensitivities(results["config"])

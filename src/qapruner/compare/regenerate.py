@@ -13,7 +13,7 @@ from .archive import read_records
 from .config import swept_sensitivities
 from .image_dependence import image_dependence
 from .pipeline import write_outputs
-from .stats import holm, qa_vs_host
+from .stats import holm, pruned_vs_dense_calibration, qa_vs_host
 
 
 def regenerate(out_dir: str | Path, log=print) -> dict:
@@ -47,9 +47,10 @@ def regenerate(out_dir: str | Path, log=print) -> dict:
         n, correct = len(rows), sum(corr[c["id"]].values())
         c.update({"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
                   "ci95": list(wilson_ci(correct, n))})
-        grid.append({"id": c["id"], "row": {k: c[k] for k in ("task", "quant", "host", "keep", "qa", "sensitivity")}})
+        grid.append({"id": c["id"], "row": {**{k: c[k] for k in ("task", "quant", "host", "keep", "qa", "sensitivity")},
+                                            "calib_pruned": c.get("calib_pruned", False)}})
     cfg = results["config"]
-    key = lambda c: (c["task"], c["quant"], c["host"], c["keep"], c["sensitivity"])  # noqa: E731
+    key = lambda c: (c["task"], c["quant"], c["host"], c["keep"], c["sensitivity"], c.get("calib_pruned", False))  # noqa: E731
     new = {key(c): c for c in qa_vs_host(grid, corr, cfg["bootstrap_reps"], cfg["seed"])}
     old = results.get("comparisons") or []
     comps = [new.pop(key(c), c) for c in old] + list(new.values())
@@ -57,6 +58,9 @@ def regenerate(out_dir: str | Path, log=print) -> dict:
     for c, p in zip(comps, holm([c["p_value"] for c in comps])):  # the same family (and alpha 0.05) as qa_vs_host
         c.update({"p_holm": p, "significant": c["p_value"] < 0.05, "significant_holm": p < 0.05})
     results["comparisons"] = comps
+    calib = pruned_vs_dense_calibration(grid, corr, cfg["bootstrap_reps"], cfg["seed"])
+    if calib:
+        results["calibration_comparisons"] = calib
     results["image_dependence"] = image_dependence(results["configs"], corr, kinds)
     missing = len(results["configs"]) - len(grid)
     if missing:

@@ -9,7 +9,8 @@ from pathlib import Path
 from .config import CompareConfig, swept_sensitivities
 from .grid import qa_name
 from .image_dependence import image_dependence, markdown_section
-from .stats import qa_vs_host
+from .calibration_section import markdown_section as calibration_section
+from .stats import pruned_vs_dense_calibration, qa_vs_host
 
 SUMMARY_KEYS = ("n", "correct", "accuracy", "ci95", "visual_tokens", "timing", "seconds", "items_per_second",
                 "subset", "quant_info", "mode")
@@ -23,13 +24,15 @@ def build_results(cfg: CompareConfig, grid: dict, corr: dict, env: dict, argv: l
         configs.append({"id": c["id"], **c["row"], **{k: s.get(k) for k in SUMMARY_KEYS},
                         "items_file": f"items/{c['id']}.jsonl"})
     comps = qa_vs_host(grid["configs"], corr, cfg.bootstrap_reps, cfg.seed)
+    calib = pruned_vs_dense_calibration(grid["configs"], corr, cfg.bootstrap_reps, cfg.seed)
     tasks = {name: {"n": len(t.items), "subset": t.meta.get("subset") or f"all {len(t.items)} items",
                     "split": t.meta.get("split"), "source": t.meta.get("source")}
              for name, t in grid["tasks"].items()}
     gallery = None
     if grid.get("gallery"):
         plan, _ = grid["gallery"]
-        ids = {(c["task"], c["quant"], c["host"], c["keep"], c["qa"], c["sensitivity"]): c["id"] for c in configs}
+        ids = {(c["task"], c["quant"], c["host"], c["keep"], c["qa"], c["sensitivity"]): c["id"] for c in configs
+               if not c.get("calib_pruned")}
         at = (plan.task, plan.quant, plan.host, plan.keep)
         gallery = {"task": plan.task, "quant": plan.quant, "host": plan.host, "keep": plan.keep, "uids": plan.uids,
                    "host_id": ids.get((*at, False, None)), "qa_id": ids.get((*at, True, cfg.gallery_sensitivity)),
@@ -47,6 +50,7 @@ def build_results(cfg: CompareConfig, grid: dict, corr: dict, env: dict, argv: l
         "environment": env,
         "configs": configs,
         "comparisons": comps,
+        **({"calibration_comparisons": calib} if calib else {}),
         "gallery": gallery,
     }
 
@@ -70,7 +74,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _find(results, task, kind, quant=None, host=None, keep=None, sensitivity=None):
+def _find(results, task, kind, quant=None, host=None, keep=None, sensitivity=None):  # kinds: grid.Row.kind
     for c in results["configs"]:
         if c["task"] == task and c["kind"] == kind and c["quant"] == quant and c["host"] == host and c["keep"] == keep \
                 and (sensitivity is None or c.get("sensitivity") == sensitivity):
@@ -140,7 +144,8 @@ def diff_table(results: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for c in results["comparisons"]:
         sig = "yes (Holm)" if c["significant_holm"] else ("yes (p < 0.05, not after Holm)" if c["significant"] else "no")
-        rows.append([c["task"], c["quant"].upper(), c["host"], f"{c['keep']:g}"]
+        host = c["host"] + (" (calibrated on pruned tokens)" if c.get("calib_pruned") else "")
+        rows.append([c["task"], c["quant"].upper(), host, f"{c['keep']:g}"]
                     + ([c.get("sensitivity") or "paper"] if multi else []) + [_pct(c["acc_a"]), _pct(c["acc_b"]),
                      f"{100 * c['diff']:+.1f}", _ci(c["ci95"]), _p(c["p_value"]), _p(c["p_holm"]),
                      f"{c['b_only']} / {c['a_only']}", sig])
@@ -230,6 +235,7 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
           f"bootstrap over items ({cfg['bootstrap_reps']} resamples). Holm: family-wise correction over all rows "
           "of this table.", ""]
     L += markdown_section(results, _pct, _table)
+    L += calibration_section(results, _pct, _ci, _p, _table)
     for t in cfg["tasks"]:
         L += [f"## All configurations: {t}", ""] + _table(*full_table(results, t)) + [""]
     if plots:

@@ -40,21 +40,42 @@ def holm(pvalues: list[float]) -> list[float]:
 
 def qa_vs_host(configs: list[dict], correctness: dict[str, dict[str, bool]], reps: int, seed: int,
                alpha: float = 0.05) -> list[dict]:
-    """For each QA-host row (one per sensitivity swept) whose host row exists: QA − host on the same items."""
+    """For each QA-host row (one per sensitivity swept) whose host row exists: QA − host on the same items (a
+    prune-calibrated QA row against the prune-calibrated host row)."""
+    pairs = _pairs(configs, lambda k: k[:4] + (False, None, k[6]) if k[4] else None)
+    out = [{"task": k[0], "quant": k[1], "host": k[2], "keep": k[3], "sensitivity": k[5], "calib_pruned": k[6],
+            "host_id": a, "qa_id": b, **paired(correctness[a], correctness[b], reps, seed)} for k, a, b in pairs]
+    return _holm_marked(out, alpha)
+
+
+def pruned_vs_dense_calibration(configs: list[dict], correctness: dict[str, dict[str, bool]], reps: int, seed: int,
+                                alpha: float = 0.05) -> list[dict]:
+    """For each prune-calibrated row: (calibrated on the pruned token sets) − (calibrated on all tokens), the same
+    host / QA row otherwise, on the same items. Holm runs over this family alone."""
+    pairs = _pairs(configs, lambda k: k[:6] + (False,) if k[6] else None)
+    out = [{"task": k[0], "quant": k[1], "host": k[2], "keep": k[3], "qa": k[4], "sensitivity": k[5],
+            "dense_id": a, "pruned_id": b, **paired(correctness[a], correctness[b], reps, seed)} for k, a, b in pairs]
+    return _holm_marked(out, alpha)
+
+
+def _pairs(configs: list[dict], partner) -> list[tuple[tuple, str, str]]:
+    """(key of b, id of a, id of b) for every row b whose ``partner(key)`` row a exists; keys are
+    (task, quant, host, keep, qa, sensitivity, calib_pruned)."""
+    by_key = _by_key(configs)
+    return [(k, by_key[partner(k)], b) for k, b in by_key.items() if partner(k) is not None and partner(k) in by_key]
+
+
+def _by_key(configs: list[dict]) -> dict[tuple, str]:
     by_key = {}
     for c in configs:
         r = c["row"]
         if r["host"] is not None:
             sens = (r.get("sensitivity") or "paper") if r["qa"] else None
-            by_key[(r["task"], r["quant"], r["host"], r["keep"], r["qa"], sens)] = c["id"]
-    out = []
-    for (task, quant, host, keep, qa, sens), qa_id in by_key.items():
-        host_id = by_key.get((task, quant, host, keep, False, None))
-        if not qa or host_id is None:
-            continue
-        s = paired(correctness[host_id], correctness[qa_id], reps, seed)
-        out.append({"task": task, "quant": quant, "host": host, "keep": keep, "sensitivity": sens,
-                    "host_id": host_id, "qa_id": qa_id, **s})
+            by_key[(r["task"], r["quant"], r["host"], r["keep"], r["qa"], sens, bool(r.get("calib_pruned")))] = c["id"]
+    return by_key
+
+
+def _holm_marked(out: list[dict], alpha: float) -> list[dict]:
     for c, p in zip(out, holm([c["p_value"] for c in out])):
         c["p_holm"] = p
         c["significant"] = c["p_value"] < alpha

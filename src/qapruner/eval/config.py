@@ -30,6 +30,7 @@ class EvalConfig:
     quant: QuantConfig | None = None  # None = FP
     calib_samples: int = 32  # calibration items (GPTQ, static scales, SmoothQuant)
     calib_tasks: tuple[str, ...] | None = None  # calibrate on these tasks' training splits together; None = `task`'s
+    calib_pruned: bool = False  # calibrate on the token sets `prune` keeps (prune-aware calibration), not all tokens
     prune: PruneConfig | None = None  # None = all visual tokens
     mode: Mode = "choice"  # choice: next-token likelihood over candidates; generate: greedy decode + parse
     max_new_tokens: int = 10  # generate mode
@@ -69,6 +70,15 @@ class EvalConfig:
                                 "activations, whose fake-quant grid is simulated in float32.")
         if self.prune is not None and self.prune.is_noop:
             object.__setattr__(self, "prune", None)  # keep 1.0 is dense
+        if self.calib_pruned:
+            from .prepare import check_calib_prune
+
+            if self.prune is None or self.quant is None or not self.quant.needs_calibration:
+                raise QAPrunerError("--calib-pruned needs a pruning host (--prune, keep < 1) and a preset that "
+                                    f"calibrates (GPTQ, static scales or SmoothQuant); {self.preset or 'FP'} "
+                                    f"{'with' if self.prune else 'without'} pruning has nothing to calibrate on "
+                                    "pruned tokens.")
+            check_calib_prune(self.prune)
         if self.prune is not None and self.prune.host == "fastv" and self.mode != "choice":
             raise QAPrunerError("In-LLM (fastv) pruning supports --mode choice only.")
 
@@ -108,6 +118,8 @@ class EvalConfig:
             # quantization (measured: 2 of 48 testbed answers between batch 8 and 16). So the batch size is in the
             # key; the default 16 is left out, the value every run made before this change used.
             del d["batch_size"]
+        if not d["calib_pruned"]:
+            del d["calib_pruned"]  # dense calibration: the key of runs made before the option
         if d["calib_tasks"] is None:
             del d["calib_tasks"]  # calibrated on the task itself: the key of runs made before the option
         else:
