@@ -30,7 +30,7 @@ $(FASHION):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
-# The main job on the built-in testbed: the paper's experiment on a fixed subset (8.5-8.9 min on 2 cores, empty cache).
+# The main job on the built-in testbed: the paper's experiment on a fixed subset (README: measured times).
 demo: setup-core
 	$(BIN)/qapruner compare --config configs/demo.toml --out runs/demo
 

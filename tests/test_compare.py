@@ -284,7 +284,7 @@ def test_cli_parses_and_merges_config(tmp_path):
     cfg = config_from_args(args)
     assert cfg.tasks == ["fashion-mnist"] and cfg.model == "testbed:v2" and cfg.batch_size == 16
     # without --config the demo's grid (the options given still override it), not the many-hour full grid
-    assert cfg.limit == 32 and cfg.hosts == ["cls", "cdpruner"] and cfg.keeps == [0.125] and not cfg.fp_pruned
+    assert cfg.limit == 24 and cfg.hosts == ["cls", "cdpruner"] and cfg.keeps == [0.125] and not cfg.fp_pruned
     demo = resolve(load_config_file(Path(__file__).resolve().parents[1] / "configs" / "demo.toml"), {})
     default = config_from_args(build_parser().parse_args(["compare"]))
     assert {k: v for k, v in default.to_dict().items() if k not in ("out", "notes", "gallery")} == \

@@ -128,9 +128,9 @@ class CompareConfig:
 
 KEYS = {f.name for f in fields(CompareConfig)}
 
-# `qapruner compare` without --config: the demo's grid (configs/demo.toml; ~9 min on 2 CPU cores from an empty
+# `qapruner compare` without --config: the demo's grid (configs/demo.toml; ~8 min on 2 CPU cores from an empty
 # cache), not the many-hour full grid of the defaults above
-DEMO = {"tasks": ["shapes", "easy-vqa", "fashion-mnist"], "limit": 32, "quant": ["w4a4-rot-gptq"],
+DEMO = {"tasks": ["shapes", "easy-vqa", "fashion-mnist"], "limit": 24, "quant": ["w4a4-rot-gptq"],
         "calibration": "shared", "calib_samples": 16, "hosts": ["cls", "cdpruner"], "keeps": [0.125],
         "fp_pruned": False}
 
