@@ -33,16 +33,17 @@ def test_every_eval_option_is_part_of_the_resolved_config():
 
 
 def test_resume_key_holds_every_field_but_the_declared_ones():
-    cfg = EvalConfig(quant="w4a4-static", mode="generate", batch_size=8, calib_tasks=("easy-vqa", "shapes"))
+    cfg = EvalConfig(quant="w4a4-static", mode="generate", batch_size=8, calib_tasks=("easy-vqa", "shapes"),
+                     prune=PruneConfig("cls", 0.25), calib_pruned=True)
     assert set(cfg.key()) == {f.name for f in fields(EvalConfig)} - set(EvalConfig.NOT_IN_KEY)
     base = cfg.key()
     for change in ({"blank_image": True}, {"calib_samples": 8}, {"seed": 1}, {"limit": 5}, {"max_new_tokens": 3},
                    {"prune": PruneConfig("cls", 0.5, qa=True, alpha="dynamic")}, {"model": "testbed:x"},
-                   {"batch_size": 3}, {"calib_tasks": ("shapes",)}):
-        assert EvalConfig(**{**cfg.describe(), "quant": "w4a4-static", **change}).key() != base, change
-    # the default batch size (16) and per-task calibration are left out: the keys of runs made before them
+                   {"batch_size": 3}, {"calib_tasks": ("shapes",)}, {"calib_pruned": False}):
+        assert EvalConfig(**{**cfg.describe(), "quant": "w4a4-static", "prune": cfg.prune, **change}).key() != base, change
+    # the default batch size (16), per-task and all-token calibration are left out: the keys of runs made before them
     plain = EvalConfig(quant="w4a4-static").key()
-    assert "batch_size" not in plain and "calib_tasks" not in plain
+    assert "batch_size" not in plain and "calib_tasks" not in plain and "calib_pruned" not in plain
     assert EvalConfig(quant="w4a4-static", batch_size=3).key() != plain
     # options a run does not use do not split it: calibration size without a calibrating preset
     assert EvalConfig(calib_samples=4).key() == EvalConfig(calib_samples=8).key()
