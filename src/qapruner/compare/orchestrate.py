@@ -205,12 +205,13 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
             fp = backend.load_model(cfg.model)
             backend.check_model(fp, cfg)
         calibrates = quant is not None and backend.calibrates(quant)
-        keys = list(dict.fromkeys(model_key(r, cfg, calibrates) for r in group))  # one quantized copy each
+        by_key: dict[tuple, list[Row]] = {}  # one quantized copy per key, in row order
+        for r in group:
+            by_key.setdefault(model_key(r, cfg, calibrates), []).append(r)
         gallery_key = model_key(Row(plan.task, quant), cfg, calibrates) if gallery_here else None
-        if gallery_key is not None and gallery_key not in keys:
-            keys.insert(0, gallery_key)
-        for key in keys:
-            key_rows = [r for r in group if model_key(r, cfg, calibrates) == key]
+        if gallery_key is not None and gallery_key not in by_key:
+            by_key = {gallery_key: [], **by_key}
+        for key, key_rows in by_key.items():
             model, qinfo = _prepare(backend, fp, cfg, quant, key, key_rows, tasks, progress, log)
             for tname, task in tasks.items():
                 task_rows = [r for r in key_rows if r.task == tname]
@@ -248,7 +249,7 @@ def _prepare(backend: Backend, fp, cfg: CompareConfig, quant: str | None, key: t
     if quant is None:
         return backend.cast(fp, cfg.dtype, copy=True), None
     _, tname, pruned = key
-    shared = tname is None and backend.calibrates(quant)
+    shared = tname is None and cfg.calibration == "shared" and backend.calibrates(quant)
     calib_prune = key_rows[0].prune_config(cfg) if pruned is not None else None
     p = calib_prune
     log(f"quantizing {cfg.model} with {quant}" + (f" (calibrated on {tname})" if tname else "")
