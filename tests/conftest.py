@@ -40,3 +40,13 @@ def _isolated_cache(tmp_path, monkeypatch, request):
     """Tests that do not need the real testbed get a private cache directory."""
     if "testbed" not in request.keywords:
         monkeypatch.setenv("QAPRUNER_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global RNG state, whatever ran before it (order-independent results)."""
+    import random
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
