@@ -48,3 +48,27 @@ def test_lora_state_round_trips_for_a_warm_start():
     for name in wrapped:
         assert torch.equal(fresh[name].lora_a, wrapped[name].lora_a)
         torch.testing.assert_close(fresh[name].lora_b, wrapped[name].lora_b)
+
+
+def test_batches_draw_kinds_by_weight_and_recipes_keep_per_task_token_keep(tmp_path):
+    import json
+    import random
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from qapruner.train import _draw_batch
+
+    items = [SimpleNamespace(kind=k, n=i) for i, k in enumerate(["exists"] * 90 + ["left"] * 9 + ["count"])]
+    # no weights: the uniform draw the committed assets were trained with (same RNG stream)
+    r1, r2 = random.Random(3), random.Random(3)
+    assert _draw_batch(items, None, 8, r1) == [items[r2.randrange(100)] for _ in range(8)]
+    drawn = Counter(it.kind for it in _draw_batch(items, {"left": 0.5, "count": 0.5}, 4000, random.Random(0)))
+    assert set(drawn) == {"left", "count"} and abs(drawn["left"] / 4000 - 0.5) < 0.03  # 1 % of the items, half the draws
+    with pytest.raises(ValueError, match="'shape'"):
+        _draw_batch(items, {"shape": 1.0}, 2, random.Random(0))
+    cfg = TrainConfig(task_token_keep={"shapes": (1.0,)}, kind_weights={"shapes": {"left": 1.0}})
+    from dataclasses import asdict
+
+    (tmp_path / "r.json").write_text(json.dumps({"config": asdict(cfg)}))
+    back = TrainConfig.from_recipe(tmp_path / "r.json")
+    assert back.task_token_keep == {"shapes": (1.0,)} and back.kind_weights == cfg.kind_weights and back == cfg

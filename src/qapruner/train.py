@@ -47,6 +47,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     token_keep: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    # per-task override of token_keep, e.g. {"shapes": (1.0,)}: a content-blind drop can remove the very object
+    # a yes/no question asks about, which turns its label into noise
+    task_token_keep: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # per-task question-kind mix, e.g. {"shapes": {"exists": 0.35, "left": 0.35, ...}}: each item of a batch
+    # draws its kind first, then an item of that kind ({} = items drawn uniformly)
+    kind_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     # images per task (the first N of its train split) and each task's share of the batches
     tasks: dict[str, int] = field(default_factory=lambda: {"easy-vqa": 2700, "fashion-mnist": 3000, "shapes": 4000})
     task_weights: dict[str, float] = field(default_factory=lambda: {"easy-vqa": 0.25, "fashion-mnist": 0.3,
@@ -67,6 +73,7 @@ class TrainConfig:
         saved.setdefault("init", "")
         align = AlignConfig(**saved.pop("align"))
         saved["token_keep"] = tuple(saved["token_keep"])
+        saved["task_token_keep"] = {k: tuple(v) for k, v in saved.get("task_token_keep", {}).items()}
         return cls(**saved, align=align)
 
 
@@ -75,6 +82,18 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _draw_batch(items: list, kind_weights: dict[str, float] | None, n: int, rng: random.Random) -> list:
+    """``n`` items drawn with replacement: uniformly, or kind first (``kind_weights``) then an item of that kind."""
+    if not kind_weights:
+        return [items[rng.randrange(len(items))] for _ in range(n)]
+    by_kind = {k: [it for it in items if it.kind == k] for k in kind_weights}
+    missing = [k for k, v in by_kind.items() if not v]
+    if missing:
+        raise ValueError(f"kind_weights names question kinds the task does not have: {missing}")
+    kinds = rng.choices(list(by_kind), [kind_weights[k] for k in by_kind], k=n)
+    return [by_kind[k][rng.randrange(len(by_kind[k]))] for k in kinds]
 
 
 def train_projector(cfg: TrainConfig) -> dict:
@@ -121,8 +140,8 @@ def train_projector(cfg: TrainConfig) -> dict:
         for step in range(cfg.steps):
             name = rng.choices(names, weights)[0]
             items, cache = pools[name]
-            batch = [items[rng.randrange(len(items))] for _ in range(cfg.batch_size)]
-            keep = rng.choice(cfg.token_keep)
+            batch = _draw_batch(items, cfg.kind_weights.get(name), cfg.batch_size, rng)
+            keep = rng.choice(cfg.task_token_keep.get(name, cfg.token_keep))
             k = max(1, round(keep * n_tokens))
             feats, _ = cache.get([it.image for it in batch])
             idx = torch.stack([torch.randperm(n_tokens)[:k].sort().values for _ in batch])
