@@ -32,12 +32,19 @@ def per_kind(items_file: Path) -> dict:
     return {k: {"n": total[k], "accuracy": right[k] / total[k]} for k in total}
 
 
+def label(model: str) -> str:
+    """A file-name label: ``testbed:v3`` -> ``testbed_v3``; ``testbed:/some/dir/testbed_v4.safetensors`` ->
+    ``testbed_v4``."""
+    name, _, asset = model.partition(":")
+    return Path(asset).stem if asset.endswith(".safetensors") else model.replace(":", "_").replace("/", "_")
+
+
 def run(model: str, tasks: list[str], limit: int, blank_tasks: list[str]) -> dict:
     out_dir = Path("runs/testbed_accuracy")
     results = {}
     for task in tasks:
         for blank in (False, True) if task in blank_tasks else (False,):
-            name = f"{model.replace(':', '_')}__{task}__n{limit}{'__blank' if blank else ''}"
+            name = f"{label(model)}__{task}__n{limit}{'__blank' if blank else ''}"
             argv = ["eval", "--model", model, "--task", task, "--limit", str(limit),
                     "--out", str(out_dir / f"{name}.json")] + (["--blank-image"] if blank else [])
             if cli(argv) != 0:
@@ -65,7 +72,7 @@ if __name__ == "__main__":
     a = ap.parse_args()
     tasks = a.tasks.split(",")
     res = run(a.model, tasks, a.limit, a.blank_tasks.split(",") if a.blank_tasks else tasks)
-    path = ROOT / "results" / f"testbed_accuracy_{a.model.replace(':', '_')}_n{a.limit}.json"
+    path = ROOT / "results" / f"testbed_accuracy_{label(a.model)}_n{a.limit}.json"
     path.write_text(json.dumps({"model": a.model, "limit": a.limit, "seed": 0, "results": res}, indent=1) + "\n")
     print(table(res, tasks))
     print(f"written: {path}")
