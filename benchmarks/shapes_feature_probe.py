@@ -23,6 +23,7 @@ from qapruner.models.features import FeatureCache
 from qapruner.models.registry import load_testbed_adapter
 from qapruner.tasks import load_task
 from qapruner.tasks.scenes import COLORS, SHAPES, SIZE
+from qapruner.tasks.shapes import scenes
 
 COMBOS = [(c, s) for c in sorted(COLORS) for s in SHAPES]
 GRID = 16
@@ -40,8 +41,6 @@ def patch_labels(scenes) -> torch.Tensor:
 
 
 def features(adapter, split: str):
-    from qapruner.tasks.shapes import scenes
-
     task = load_task("shapes", split)
     cache = FeatureCache(adapter, task)
     idx = list(range(task.image_count))
@@ -68,8 +67,6 @@ def main() -> dict:
     with torch.no_grad():
         pred = probe(((xt - mu) / sd)).argmax(-1)
     obj = yt > 0
-    from qapruner.tasks.shapes import scenes
-
     hits = {"present": [0, 0], "near-miss absent": [0, 0]}
     for i, s in enumerate(scenes("test")):
         counts = torch.bincount(pred[i], minlength=1 + len(COMBOS))

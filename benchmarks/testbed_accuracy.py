@@ -35,7 +35,7 @@ def per_kind(items_file: Path) -> dict:
 def label(model: str) -> str:
     """A file-name label: ``testbed:v3`` -> ``testbed_v3``; ``testbed:/some/dir/testbed_v4.safetensors`` ->
     ``testbed_v4``."""
-    name, _, asset = model.partition(":")
+    asset = model.partition(":")[2]
     return Path(asset).stem if asset.endswith(".safetensors") else model.replace(":", "_").replace("/", "_")
 
 
