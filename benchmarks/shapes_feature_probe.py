@@ -22,30 +22,15 @@ import torch
 from qapruner.models.features import FeatureCache
 from qapruner.models.registry import load_testbed_adapter
 from qapruner.tasks import load_task
-from qapruner.tasks.scenes import COLORS, SHAPES, SIZE
+from qapruner.tasks.scenes import COMBOS, patch_labels
 from qapruner.tasks.shapes import scenes
-
-COMBOS = [(c, s) for c in sorted(COLORS) for s in SHAPES]
-GRID = 16
-
-
-def patch_labels(scenes) -> torch.Tensor:
-    step = SIZE // GRID
-    ys, xs = np.mgrid[0:GRID, 0:GRID]
-    px, py = xs.ravel() * step + step // 2, ys.ravel() * step + step // 2
-    lab = np.zeros((len(scenes), GRID * GRID), np.int64)  # 0 = background, 1 + index into COMBOS
-    for i, s in enumerate(scenes):
-        for o in s.objects:
-            lab[i, (abs(px - o.cx) <= o.r * 0.7) & (abs(py - o.cy) <= o.r * 0.7)] = 1 + COMBOS.index((o.color, o.shape))
-    return torch.from_numpy(lab)
-
 
 def features(adapter, split: str):
     task = load_task("shapes", split)
     cache = FeatureCache(adapter, task)
     idx = list(range(task.image_count))
     cache.ensure(idx)
-    return cache.get(idx)[0].float(), patch_labels(scenes(split))
+    return cache.get(idx)[0].float(), torch.from_numpy(patch_labels(scenes(split)))
 
 
 def main() -> dict:

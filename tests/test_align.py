@@ -62,3 +62,41 @@ def test_shapes_labels_take_single_object_scenes_only():
     for image, lab in labels.items():
         (obj,) = scenes("test")[image].objects
         assert lab == {"color": obj.color, "shape": obj.shape}
+
+
+def test_patch_labels_mark_inner_box_rim_and_background():
+    from qapruner.tasks.scenes import COMBOS, Obj, Scene, patch_labels
+
+    scene = Scene((255, 255, 255), (Obj("circle", "red", 112, 112, 28),))
+    lab = patch_labels([scene], edge=-1)[0].reshape(16, 16)
+    cls = 1 + COMBOS.index(("red", "circle"))
+    # patch centres are 7 + 14 k: k = 7, 8 lie within 0.7 * 28 px of 112, k = 6..9 within 28 px
+    assert (lab[7:9, 7:9] == cls).all() and (lab == cls).sum() == 4
+    assert (lab[6:10, 6:10] != 0).all() and (lab == -1).sum() == 12 and (lab == 0).sum() == 256 - 16
+    assert (patch_labels([scene])[0] >= 0).all()  # edge=0: the rim counts as background
+
+
+def _dense_pool(g):
+    centers = torch.randn(3, 8, generator=g) * 2
+    lab = torch.randint(-1, 3, (40, 12), generator=g)
+    feats = centers[lab.clamp(min=0)] + 0.3 * torch.randn(40, 12, 8, generator=g)
+    return _Cache(feats), {i: {} for i in range(40)}, {i: lab[i] for i in range(40)}
+
+
+def test_dense_term_aligns_each_patch_and_is_off_by_default():
+    g = torch.Generator().manual_seed(0)
+    words = torch.randn(3, 16, generator=g) * 2.0
+    pool = _dense_pool(g)
+    groups = {"patch": (("background", "a", "b"), words)}
+    norm = words.norm(dim=1).mean().item()
+
+    def run(weight):
+        torch.manual_seed(1)
+        proj = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 16))
+        cfg = AlignConfig(steps=120, batch_size=20, tokens_per_image=12, lr=1e-2, dense_weight=weight)
+        return align_projector(proj, [pool], groups, norm, cfg, log=lambda m: None)
+
+    hist = run(1.0)
+    assert hist[0]["patch_acc"] < 0.8 and min(h["patch_acc"] for h in hist[-10:]) == 1.0
+    off = run(0.0)  # dense_weight 0: only the norm term trains, and no patch accuracy is recorded
+    assert "patch_acc" not in off[-1] and off[-1]["loss"] == off[-1]["norm_loss"]

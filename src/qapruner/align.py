@@ -10,6 +10,12 @@ training questions; Fashion-MNIST: its class name). Stage 1 makes visual tokens 
     s_k    = tau_p * logsumexp_i(c_ik / tau_p) - const   smooth max over tokens (multiple-instance pooling:
                                                          only the tokens that show the object need to match)
     L      = CE(s, label) per label group  +  lambda * mean_i (|P(f_i)| / |e| - 1)^2
+             [+ mu * (CE_obj + CE_bg) / 2]                per-patch term (``dense_weight`` = mu, v5 on)
+
+The optional per-patch term uses what only the ``shapes`` scenes know: which object covers each patch. Each
+patch token is classified by cos / tau against "background" and the 24 "<colour> <shape>" phrases (the mean
+embedding of the phrase's tokens); object and background patches are averaged separately so the 85 % of
+background patches do not dominate; patches on an object's rim are ignored.
 
 The norm term keeps visual tokens at the scale of word embeddings (mean norm ~3.2 for SmolLM2-135M).
 It runs on cached features in a few minutes; stage 2 (``train.py``) then fine-tunes with the LLM in the loop.
@@ -40,6 +46,7 @@ class AlignConfig:
     tau: float = 0.1             # cosine temperature
     tau_pool: float = 0.2        # smooth-max pooling temperature over tokens
     norm_weight: float = 1.0
+    dense_weight: float = 0.0    # per-patch term on pools that carry patch labels (0 = off: assets v1, v2)
     seed: int = 0
 
 
@@ -84,8 +91,26 @@ def word_vectors(emb: torch.Tensor, tokenizer, words) -> torch.Tensor:
                         for w in words])
 
 
+def _dense_loss(t: torch.Tensor, lab: torch.Tensor, unit: torch.Tensor, tau: float) -> tuple[torch.Tensor, float]:
+    """Mean of the object-patch and the background-patch cross-entropy (``lab`` -1 = ignored patch), and the
+    accuracy on object patches (nan when the batch has none)."""
+    logits = (t @ unit.T / tau).flatten(0, 1)
+    lab = lab.flatten()
+    ce = F.cross_entropy(logits, lab, ignore_index=-1, reduction="none")
+    parts = [ce[m].mean() for m in (lab > 0, lab == 0) if m.any()]
+    obj = lab > 0
+    acc = (logits[obj].argmax(-1) == lab[obj]).float().mean().item() if obj.any() else float("nan")
+    return torch.stack(parts).mean(), acc
+
+
+def _mean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
 def align_projector(projector, pools, groups, word_norm: float, cfg: AlignConfig, log=print) -> list[dict]:
-    """pools: list of (cache, {image: {group: word}}); groups: {group: (words, word_vectors)}."""
+    """pools: list of (cache, {image: {group: word}}) or (cache, {image: ...}, {image: patch classes}) with
+    patch classes indexing ``groups["patch"]``; groups: {group: (words, word_vectors)}."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     opt = torch.optim.AdamW(projector.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -96,7 +121,8 @@ def align_projector(projector, pools, groups, word_norm: float, cfg: AlignConfig
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        cache, labels = pools[step % len(pools)]
+        cache, labels, *patches = pools[step % len(pools)]
+        patches = patches[0] if patches and cfg.dense_weight else None
         images = rng.sample(sorted(labels), min(cfg.batch_size, len(labels)))
         feats, _ = cache.get(images)
         n = feats.shape[1]
@@ -106,7 +132,7 @@ def align_projector(projector, pools, groups, word_norm: float, cfg: AlignConfig
         norm_loss = ((tokens.norm(dim=-1) / word_norm - 1) ** 2).mean()
         t = F.normalize(tokens, dim=-1)
         ce, acc = [], []
-        for g in groups:
+        for g in (g for g in groups if g != "patch"):
             rows = [b for b, im in enumerate(images) if g in labels[im]]
             if not rows:
                 continue
@@ -115,14 +141,21 @@ def align_projector(projector, pools, groups, word_norm: float, cfg: AlignConfig
             gold = torch.tensor([index[g][labels[images[b]][g]] for b in rows])
             ce.append(F.cross_entropy(scores, gold))
             acc.append((scores.argmax(-1) == gold).float().mean().item())
-        loss = torch.stack(ce).mean() + cfg.norm_weight * norm_loss
+        loss = cfg.norm_weight * norm_loss + (torch.stack(ce).mean() if ce else 0.0)
+        record = {}
+        if patches is not None:
+            lab = torch.gather(torch.stack([patches[im] for im in images]), 1, idx)
+            dense, record["patch_acc"] = _dense_loss(t, lab, unit["patch"], cfg.tau)
+            loss = loss + cfg.dense_weight * dense
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         history.append({"step": step, "loss": round(loss.item(), 4), "norm_loss": round(norm_loss.item(), 4),
-                        "acc": round(sum(acc) / len(acc), 3)})
+                        "acc": round(sum(acc) / len(acc), 3) if acc else float("nan"), **record})
         if (step + 1) % 50 == 0:
             recent = history[-50:]
-            log(f"align {step + 1}/{cfg.steps} loss {sum(r['loss'] for r in recent) / 50:.3f} "
-                f"acc {sum(r['acc'] for r in recent) / 50:.3f} norm-loss {recent[-1]['norm_loss']:.3f}")
+            mean = {k: _mean([r.get(k, math.nan) for r in recent]) for k in ("loss", "acc", "patch_acc")}
+            log(f"align {step + 1}/{cfg.steps} loss {mean['loss']:.3f} acc {mean['acc']:.3f} "
+                + (f"patch-acc {mean['patch_acc']:.3f} " if "patch_acc" in record else "")
+                + f"norm-loss {recent[-1]['norm_loss']:.3f}")
     return history

@@ -35,6 +35,8 @@ from .models.assets import ASSETS
 from .models.lora import add_lora, load_lora_state, lora_state
 from .models.registry import load_testbed_adapter
 from .tasks import load_task
+from .tasks.scenes import COMBOS, patch_labels
+from .tasks.shapes import scenes
 
 
 @dataclass
@@ -58,6 +60,7 @@ class TrainConfig:
     task_weights: dict[str, float] = field(default_factory=lambda: {"easy-vqa": 0.25, "fashion-mnist": 0.3,
                                                                     "shapes": 0.45})
     init: str = "v1"            # warm start from this committed asset (projector + LoRA); "" = from scratch
+    realign: bool = False       # run stage 1 on the warm-started projector too (v5: with align.dense_weight)
     bf16: bool = False          # bf16 autocast (v1 used it); fp32 here: AVX2-only CPUs run bf16 matmuls ~7.5x slower
     lora_rank: int = 8          # 0 = projector only
     lora_alpha: float = 16.0
@@ -119,7 +122,7 @@ def train_projector(cfg: TrainConfig) -> dict:
     if start_state is not None:  # warm start: stage 1 is already in the starting asset
         projector.load_state_dict({k[len("projector."):]: v for k, v in start_state.items()
                                    if k.startswith("projector.")})
-    elif cfg.align.steps:
+    if cfg.align.steps and (start_state is None or cfg.realign):
         _stage1(adapter, projector, pools, cfg.align)
     weights = [cfg.task_weights[n] for n in names]
     n_tokens = adapter.n_visual
@@ -178,16 +181,24 @@ def train_projector(cfg: TrainConfig) -> dict:
 
 
 def _stage1(adapter, projector, pools, cfg: AlignConfig) -> None:
-    """Align the projector to word embeddings of each image's content words (see align.py)."""
+    """Align the projector to word embeddings of each image's content words (see align.py); with
+    ``cfg.dense_weight`` every shapes scene also aligns each patch to the phrase of the object under it."""
     label_fns = {"easy-vqa": easy_vqa_labels, "fashion-mnist": fashion_labels, "shapes": shapes_labels}
     align_pools = []
     for name, (items, cache) in pools.items():
-        labels = label_fns[name](items)
-        align_pools.append((cache, {im: lab for im, lab in labels.items() if lab}))
+        labels = {im: lab for im, lab in label_fns[name](items).items() if lab}
+        if name == "shapes" and cfg.dense_weight:
+            images = sorted({it.image for it in items})
+            classes = torch.from_numpy(patch_labels(scenes("train"), edge=-1))
+            align_pools.append((cache, {im: labels.get(im, {}) for im in images}, {im: classes[im] for im in images}))
+        else:
+            align_pools.append((cache, labels))
     emb, tokenizer = adapter.parts.embed.weight.detach(), adapter.tokenizer
+    patch_words = ("background",) + tuple(f"{c} {s}" for c, s in COMBOS)
     groups = {"color": (EASY_COLORS, word_vectors(emb, tokenizer, EASY_COLORS)),
               "shape": (EASY_SHAPES, word_vectors(emb, tokenizer, EASY_SHAPES)),
-              "class": (CLASSES, word_vectors(emb, tokenizer, CLASSES))}
+              "class": (CLASSES, word_vectors(emb, tokenizer, CLASSES)),
+              "patch": (patch_words, word_vectors(emb, tokenizer, patch_words))}
     word_norm = emb.norm(dim=1).mean().item()
     align_projector(projector, align_pools, groups, word_norm, cfg, log=lambda m: print(m, flush=True))
 

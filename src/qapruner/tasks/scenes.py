@@ -68,3 +68,23 @@ def render(scene: Scene) -> Image.Image:
         else:
             draw.polygon([(o.cx, o.cy - o.r), (o.cx - o.r, o.cy + o.r), (o.cx + o.r, o.cy + o.r)], fill=fill)
     return img
+
+
+COMBOS = tuple((c, s) for c in sorted(COLORS) for s in SHAPES)  # patch classes 1..24 (0 = background)
+
+
+def patch_labels(scenes: list[Scene], grid: int = 16, inner: float = 0.7, edge: int = 0) -> np.ndarray:
+    """(len(scenes), grid * grid) patch classes, row-major like the vision tower's tokens: 1 + index into
+    ``COMBOS`` for a patch whose centre lies in the inner ``inner`` fraction of an object's box, 0 for
+    background, and ``edge`` for a patch centre in the rest of the box (0 counts it as background; -1 marks it
+    as ambiguous, to be ignored by a loss)."""
+    step = SIZE // grid
+    ys, xs = np.mgrid[0:grid, 0:grid]
+    px, py = xs.ravel() * step + step // 2, ys.ravel() * step + step // 2
+    lab = np.zeros((len(scenes), grid * grid), np.int64)
+    for i, s in enumerate(scenes):
+        for o in s.objects:
+            dx, dy = abs(px - o.cx), abs(py - o.cy)
+            lab[i, (dx <= o.r) & (dy <= o.r)] = edge
+            lab[i, (dx <= o.r * inner) & (dy <= o.r * inner)] = 1 + COMBOS.index((o.color, o.shape))
+    return lab
