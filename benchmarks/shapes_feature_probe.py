@@ -1,6 +1,7 @@
 """Is what a ``shapes`` yes/no question asks readable from the frozen vision features? A per-patch linear probe.
 
     python benchmarks/shapes_feature_probe.py      # ~1 min on 2 cores, needs the cached testbed features
+    python benchmarks/shapes_feature_probe.py --asset testbed_v5.safetensors   # read an asset's tokens instead
 
 Each of the 256 DINOv2-S patch tokens of a scene is labelled with the (colour, shape) of the object covering
 its centre (the inner 70 % of the object's box) or "background"; a linear softmax classifier is trained on the
@@ -9,6 +10,11 @@ shape Y" when >= 2 of its patches are predicted as (X, Y). Scored on the near-mi
 questions ask about (a colour or a shape of the scene, in another combination) and on the pairs present, so
 both answers are measured. The result says whether a testbed that fails ``exists`` lacks the information in
 its visual tokens or fails to use it. Writes benchmarks/results/shapes_feature_probe.json.
+
+With ``--asset`` nothing is trained: each patch is classified by the nearest (cosine) of "background" and the 24
+"<colour> <shape>" phrase embeddings, applied to the asset's *projected* tokens. That measures how word-like the
+projector made the tokens (stage 1's per-patch term aims at exactly this); writes
+benchmarks/results/shapes_token_readout_<asset>.json.
 """
 
 from __future__ import annotations
@@ -33,8 +39,26 @@ def features(adapter, split: str):
     return cache.get(idx)[0].float(), torch.from_numpy(patch_labels(scenes(split)))
 
 
-def main() -> dict:
+def readout(asset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest-phrase class of each projected test patch, and the test labels."""
+    from qapruner.align import word_vectors
+    from qapruner.models.assets import ASSETS
+
+    adapter = load_testbed_adapter(projector=ASSETS.get(asset, Path(asset)))
+    xt, yt = features(adapter, "test")
+    emb = adapter.parts.embed.weight.detach()
+    words = ("background",) + tuple(f"{c} {s}" for c, s in COMBOS)
+    unit = torch.nn.functional.normalize(word_vectors(emb, adapter.tokenizer, words), dim=-1)
+    with torch.no_grad():
+        tokens = torch.cat([adapter.project(xt[b:b + 100]) for b in range(0, len(xt), 100)])
+    return (torch.nn.functional.normalize(tokens, dim=-1) @ unit.T).argmax(-1), yt
+
+
+def main(asset: str | None = None) -> dict:
     torch.manual_seed(0)
+    if asset:
+        pred, yt = readout(asset)
+        return score(pred, yt, f"shapes_token_readout_{Path(asset).stem}.json")
     adapter = load_testbed_adapter(projector=None)  # only the frozen vision tower is used
     (x, y), (xt, yt) = features(adapter, "train"), features(adapter, "test")
     mu, sd = x.mean((0, 1)), x.std((0, 1)) + 1e-6
@@ -51,6 +75,10 @@ def main() -> dict:
             opt.step()
     with torch.no_grad():
         pred = probe(((xt - mu) / sd)).argmax(-1)
+    return score(pred, yt, "shapes_feature_probe.json")
+
+
+def score(pred: torch.Tensor, yt: torch.Tensor, name: str) -> dict:
     obj = yt > 0
     hits = {"present": [0, 0], "near-miss absent": [0, 0]}
     for i, s in enumerate(scenes("test")):
@@ -66,7 +94,7 @@ def main() -> dict:
            "patch accuracy (background)": round((pred[~obj] == 0).float().mean().item(), 3),
            **{f"scene exists, {k} (n={n})": round(r / n, 3) for k, (r, n) in hits.items()}}
     out["scene exists, balanced"] = round(np.mean([r / n for r, n in hits.values()]), 3)
-    path = Path(__file__).resolve().parent / "results" / "shapes_feature_probe.json"
+    path = Path(__file__).resolve().parent / "results" / name
     path.write_text(json.dumps(out, indent=1) + "\n")
     for k, v in out.items():
         print(f"{k}: {v}")
@@ -74,4 +102,8 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--asset", help="read this testbed asset's projected tokens (name or .safetensors)")
+    main(parser.parse_args().asset)

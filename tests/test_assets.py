@@ -66,9 +66,16 @@ def test_batches_draw_kinds_by_weight_and_recipes_keep_per_task_token_keep(tmp_p
     assert set(drawn) == {"left", "count"} and abs(drawn["left"] / 4000 - 0.5) < 0.03  # 1 % of the items, half the draws
     with pytest.raises(ValueError, match="'shape'"):
         _draw_batch(items, {"shape": 1.0}, 2, random.Random(0))
-    cfg = TrainConfig(task_token_keep={"shapes": (1.0,)}, kind_weights={"shapes": {"left": 1.0}})
+    from qapruner.align import AlignConfig
+
+    cfg = TrainConfig(task_token_keep={"shapes": (1.0,)}, kind_weights={"shapes": {"left": 1.0}}, realign=True,
+                      dense_weight=0.5, align=AlignConfig(dense_weight=1.0))
     from dataclasses import asdict
 
     (tmp_path / "r.json").write_text(json.dumps({"config": asdict(cfg)}))
     back = TrainConfig.from_recipe(tmp_path / "r.json")
     assert back.task_token_keep == {"shapes": (1.0,)} and back.kind_weights == cfg.kind_weights and back == cfg
+    from qapruner.tasks.scenes import COMBOS
+    from qapruner.train import PATCH_WORDS
+
+    assert PATCH_WORDS[0] == "background" and PATCH_WORDS[1 + COMBOS.index(("red", "circle"))] == "red circle"

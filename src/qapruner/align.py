@@ -91,7 +91,7 @@ def word_vectors(emb: torch.Tensor, tokenizer, words) -> torch.Tensor:
                         for w in words])
 
 
-def _dense_loss(t: torch.Tensor, lab: torch.Tensor, unit: torch.Tensor, tau: float) -> tuple[torch.Tensor, float]:
+def dense_loss(t: torch.Tensor, lab: torch.Tensor, unit: torch.Tensor, tau: float) -> tuple[torch.Tensor, float]:
     """Mean of the object-patch and the background-patch cross-entropy (``lab`` -1 = ignored patch), and the
     accuracy on object patches (nan when the batch has none)."""
     logits = (t @ unit.T / tau).flatten(0, 1)
@@ -145,7 +145,7 @@ def align_projector(projector, pools, groups, word_norm: float, cfg: AlignConfig
         record = {}
         if patches is not None:
             lab = torch.gather(torch.stack([patches[im] for im in images]), 1, idx)
-            dense, record["patch_acc"] = _dense_loss(t, lab, unit["patch"], cfg.tau)
+            dense, record["patch_acc"] = dense_loss(t, lab, unit["patch"], cfg.tau)
             loss = loss + cfg.dense_weight * dense
         opt.zero_grad(set_to_none=True)
         loss.backward()

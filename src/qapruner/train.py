@@ -26,8 +26,8 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
-from .align import (EASY_COLORS, EASY_SHAPES, AlignConfig, align_projector, easy_vqa_labels, fashion_labels,
-                    shapes_labels, word_vectors)
+from .align import (EASY_COLORS, EASY_SHAPES, AlignConfig, dense_loss, align_projector, easy_vqa_labels,
+                    fashion_labels, shapes_labels, word_vectors)
 from .tasks.fashion_mnist import CLASSES
 from .models.features import FeatureCache
 from .models.llava import pad
@@ -61,6 +61,7 @@ class TrainConfig:
                                                                     "shapes": 0.45})
     init: str = "v1"            # warm start from this committed asset (projector + LoRA); "" = from scratch
     realign: bool = False       # run stage 1 on the warm-started projector too (v5: with align.dense_weight)
+    dense_weight: float = 0.0   # stage 2: align's per-patch term on shapes batches too (keeps tokens word-like)
     bf16: bool = False          # bf16 autocast (v1 used it); fp32 here: AVX2-only CPUs run bf16 matmuls ~7.5x slower
     lora_rank: int = 8          # 0 = projector only
     lora_alpha: float = 16.0
@@ -126,6 +127,7 @@ def train_projector(cfg: TrainConfig) -> dict:
         _stage1(adapter, projector, pools, cfg.align)
     weights = [cfg.task_weights[n] for n in names]
     n_tokens = adapter.n_visual
+    patch_classes, phrase_unit = _patch_targets(adapter) if cfg.dense_weight else (None, None)
 
     lora = add_lora(adapter.parts.lm, cfg.lora_rank, cfg.lora_alpha, cfg.seed) if cfg.lora_rank else {}
     if start_state is not None and lora:
@@ -159,13 +161,18 @@ def train_projector(cfg: TrainConfig) -> dict:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * _lr_at(step, cfg) / cfg.lr
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                embeds = adapter.splice(ids, adapter.project(feats))
+                visual = adapter.project(feats)
+                embeds = adapter.splice(ids, visual)
                 hidden = adapter.hidden_states(embeds, attn)
                 pos = [(i, t0 - 1 + j) for i, (t0, ans) in enumerate(targets) for j in range(len(ans))]
                 gold = torch.tensor([tok for _, ans in targets for tok in ans])
                 h = hidden[[p[0] for p in pos], [p[1] for p in pos]]
                 logits = adapter.logits(h).float()
             loss = torch.nn.functional.cross_entropy(logits, gold)
+            if patch_classes is not None and name == "shapes":
+                lab = torch.gather(patch_classes[[it.image for it in batch]], 1, idx)
+                unit = torch.nn.functional.normalize(visual.float(), dim=-1)
+                loss = loss + cfg.dense_weight * dense_loss(unit, lab, phrase_unit, cfg.align.tau)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -189,18 +196,27 @@ def _stage1(adapter, projector, pools, cfg: AlignConfig) -> None:
         labels = {im: lab for im, lab in label_fns[name](items).items() if lab}
         if name == "shapes" and cfg.dense_weight:
             images = sorted({it.image for it in items})
-            classes = torch.from_numpy(patch_labels(scenes("train"), edge=-1))
+            classes, _ = _patch_targets(adapter)
             align_pools.append((cache, {im: labels.get(im, {}) for im in images}, {im: classes[im] for im in images}))
         else:
             align_pools.append((cache, labels))
     emb, tokenizer = adapter.parts.embed.weight.detach(), adapter.tokenizer
-    patch_words = ("background",) + tuple(f"{c} {s}" for c, s in COMBOS)
     groups = {"color": (EASY_COLORS, word_vectors(emb, tokenizer, EASY_COLORS)),
               "shape": (EASY_SHAPES, word_vectors(emb, tokenizer, EASY_SHAPES)),
               "class": (CLASSES, word_vectors(emb, tokenizer, CLASSES)),
-              "patch": (patch_words, word_vectors(emb, tokenizer, patch_words))}
+              "patch": (PATCH_WORDS, word_vectors(emb, tokenizer, PATCH_WORDS))}
     word_norm = emb.norm(dim=1).mean().item()
     align_projector(projector, align_pools, groups, word_norm, cfg, log=lambda m: print(m, flush=True))
+
+
+PATCH_WORDS = ("background",) + tuple(f"{c} {s}" for c, s in COMBOS)  # the classes of scenes.patch_labels
+
+
+def _patch_targets(adapter) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per train scene, the class of each patch (-1 on an object's rim), and the unit phrase embeddings."""
+    classes = torch.from_numpy(patch_labels(scenes("train"), edge=-1))
+    vectors = word_vectors(adapter.parts.embed.weight.detach(), adapter.tokenizer, PATCH_WORDS)
+    return classes, torch.nn.functional.normalize(vectors, dim=-1)
 
 
 def _save(cfg: TrainConfig, projector, lora, log: list[dict], seconds: float, partial: bool = False) -> dict:
