@@ -156,6 +156,6 @@ def align_projector(projector, pools, groups, word_norm: float, cfg: AlignConfig
             recent = history[-50:]
             mean = {k: _mean([r.get(k, math.nan) for r in recent]) for k in ("loss", "acc", "patch_acc")}
             log(f"align {step + 1}/{cfg.steps} loss {mean['loss']:.3f} acc {mean['acc']:.3f} "
-                + (f"patch-acc {mean['patch_acc']:.3f} " if "patch_acc" in record else "")
+                + (f"patch-acc {mean['patch_acc']:.3f} " if not math.isnan(mean["patch_acc"]) else "")
                 + f"norm-loss {recent[-1]['norm_loss']:.3f}")
     return history
