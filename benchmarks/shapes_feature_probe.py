@@ -28,7 +28,7 @@ import torch
 from qapruner.models.features import FeatureCache
 from qapruner.models.registry import load_testbed_adapter
 from qapruner.tasks import load_task
-from qapruner.tasks.scenes import COMBOS, patch_labels
+from qapruner.tasks.scenes import COMBOS, PATCH_WORDS, patch_labels
 from qapruner.tasks.shapes import scenes
 
 def features(adapter, split: str):
@@ -47,8 +47,7 @@ def readout(asset: str) -> tuple[torch.Tensor, torch.Tensor]:
     adapter = load_testbed_adapter(projector=ASSETS.get(asset, Path(asset)))
     xt, yt = features(adapter, "test")
     emb = adapter.parts.embed.weight.detach()
-    words = ("background",) + tuple(f"{c} {s}" for c, s in COMBOS)
-    unit = torch.nn.functional.normalize(word_vectors(emb, adapter.tokenizer, words), dim=-1)
+    unit = torch.nn.functional.normalize(word_vectors(emb, adapter.tokenizer, PATCH_WORDS), dim=-1)
     with torch.no_grad():
         tokens = torch.cat([adapter.project(xt[b:b + 100]) for b in range(0, len(xt), 100)])
     return (torch.nn.functional.normalize(tokens, dim=-1) @ unit.T).argmax(-1), yt

@@ -75,7 +75,6 @@ def test_batches_draw_kinds_by_weight_and_recipes_keep_per_task_token_keep(tmp_p
     (tmp_path / "r.json").write_text(json.dumps({"config": asdict(cfg)}))
     back = TrainConfig.from_recipe(tmp_path / "r.json")
     assert back.task_token_keep == {"shapes": (1.0,)} and back.kind_weights == cfg.kind_weights and back == cfg
-    from qapruner.tasks.scenes import COMBOS
-    from qapruner.train import PATCH_WORDS
+    from qapruner.tasks.scenes import COMBOS, PATCH_WORDS
 
     assert PATCH_WORDS[0] == "background" and PATCH_WORDS[1 + COMBOS.index(("red", "circle"))] == "red circle"

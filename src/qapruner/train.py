@@ -35,7 +35,7 @@ from .models.assets import ASSETS
 from .models.lora import add_lora, load_lora_state, lora_state
 from .models.registry import load_testbed_adapter
 from .tasks import load_task
-from .tasks.scenes import COMBOS, patch_labels
+from .tasks.scenes import PATCH_WORDS, patch_labels
 from .tasks.shapes import scenes
 
 
@@ -120,7 +120,7 @@ def train_projector(cfg: TrainConfig) -> dict:
         pools[name] = (items, cache)
     names = list(pools)
     start_state = load_file(str(ASSETS.get(cfg.init, Path(cfg.init)))) if cfg.init else None
-    if start_state is not None:  # warm start: stage 1 is already in the starting asset
+    if start_state is not None:  # warm start: stage 1 is already in the starting asset (unless ``realign``)
         projector.load_state_dict({k[len("projector."):]: v for k, v in start_state.items()
                                    if k.startswith("projector.")})
     if cfg.align.steps and (start_state is None or cfg.realign):
@@ -207,9 +207,6 @@ def _stage1(adapter, projector, pools, cfg: AlignConfig) -> None:
               "patch": (PATCH_WORDS, word_vectors(emb, tokenizer, PATCH_WORDS))}
     word_norm = emb.norm(dim=1).mean().item()
     align_projector(projector, align_pools, groups, word_norm, cfg, log=lambda m: print(m, flush=True))
-
-
-PATCH_WORDS = ("background",) + tuple(f"{c} {s}" for c, s in COMBOS)  # the classes of scenes.patch_labels
 
 
 def _patch_targets(adapter) -> tuple[torch.Tensor, torch.Tensor]:

@@ -71,6 +71,7 @@ def render(scene: Scene) -> Image.Image:
 
 
 COMBOS = tuple((c, s) for c in sorted(COLORS) for s in SHAPES)  # patch classes 1..24 (0 = background)
+PATCH_WORDS = ("background",) + tuple(f"{c} {s}" for c, s in COMBOS)  # the words of each patch class
 
 
 def patch_labels(scenes: list[Scene], grid: int = 16, inner: float = 0.7, edge: int = 0) -> np.ndarray:
