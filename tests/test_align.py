@@ -100,3 +100,48 @@ def test_dense_term_aligns_each_patch_and_is_off_by_default():
     assert hist[0]["patch_acc"] < 0.8 and min(h["patch_acc"] for h in hist[-10:]) == 1.0
     off = run(0.0)  # dense_weight 0: only the norm term trains, and no patch accuracy is recorded
     assert "patch_acc" not in off[-1] and off[-1]["loss"] == off[-1]["norm_loss"]
+
+
+def test_position_loss_exact_values():
+    from qapruner.align import position_loss
+
+    u = torch.tensor([1.0, 0.0])
+    # grid 3: columns 0, 1, 2 are x = -1, 0, 1; rho 0.3 -> target cosines -0.3, 0, 0.3
+    t = torch.tensor([[[-0.3, 0.954], [0.0, 1.0], [0.5, 0.866], [0.9, 0.436]]])
+    cols = torch.tensor([[0, 1, 2, 2]])
+    lab = torch.tensor([[4, 7, 1, 0]])  # the last patch is background: ignored
+    assert torch.isclose(position_loss(t, cols, lab, u, 0.3, 3), torch.tensor(0.2 ** 2 / 3))
+    assert position_loss(t, cols, torch.zeros_like(lab), u, 0.3, 3).item() == 0.0  # no object patch
+
+
+def test_position_term_puts_the_column_on_the_left_right_direction():
+    """Features that carry the column (plus class centres and noise): with the term on, the object tokens'
+    cosine with u follows rho * x; with it off (default) no position loss is computed."""
+    g = torch.Generator().manual_seed(0)
+    words = torch.randn(3, 16, generator=g) * 2.0
+    lr_words = torch.randn(2, 16, generator=g) * 2.0
+    centers = torch.randn(3, 8, generator=g) * 2
+    lab = torch.randint(0, 3, (40, 16), generator=g)
+    feats = centers[lab] + 0.3 * torch.randn(40, 16, 8, generator=g)
+    feats[..., 0] += torch.arange(16) % 4 - 1.5                      # the column, readable from the features
+    pool = (_Cache(feats), {i: {} for i in range(40)}, {i: lab[i] for i in range(40)})
+    groups = {"patch": (("background", "a", "b"), words), "position": (("left", "right"), lr_words)}
+    norm = words.norm(dim=1).mean().item()
+
+    def run(weight):
+        torch.manual_seed(1)
+        proj = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 16))
+        cfg = AlignConfig(steps=200, batch_size=20, tokens_per_image=16, lr=1e-2, dense_weight=1.0,
+                          position_weight=weight, position_cos=0.3)
+        return proj, align_projector(proj, [pool], groups, norm, cfg, log=lambda m: None)
+
+    proj, hist = run(10.0)
+    assert hist[0]["position_loss"] > 0.02 and max(h["position_loss"] for h in hist[-10:]) < 0.01
+    from qapruner.align import left_right_direction
+
+    with torch.no_grad():
+        cos = torch.nn.functional.normalize(proj(feats), dim=-1) @ left_right_direction(lr_words)
+    x = 2 * (torch.arange(16) % 4) / 3 - 1
+    pairs = torch.stack([cos[lab > 0], x.expand(40, 16)[lab > 0]])
+    assert torch.corrcoef(pairs)[0, 1] > 0.9
+    assert "position_loss" not in run(0.0)[1][-1]

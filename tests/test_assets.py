@@ -69,7 +69,8 @@ def test_batches_draw_kinds_by_weight_and_recipes_keep_per_task_token_keep(tmp_p
     from qapruner.align import AlignConfig
 
     cfg = TrainConfig(task_token_keep={"shapes": (1.0,)}, kind_weights={"shapes": {"left": 1.0}}, realign=True,
-                      dense_weight=0.5, align=AlignConfig(dense_weight=1.0))
+                      dense_weight=0.5, position_weight=5.0,
+                      align=AlignConfig(dense_weight=1.0, position_weight=10.0, position_cos=0.25))
     from dataclasses import asdict
 
     (tmp_path / "r.json").write_text(json.dumps({"config": asdict(cfg)}))

@@ -26,8 +26,8 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
-from .align import (EASY_COLORS, EASY_SHAPES, AlignConfig, dense_loss, align_projector, easy_vqa_labels,
-                    fashion_labels, shapes_labels, word_vectors)
+from .align import (EASY_COLORS, EASY_SHAPES, POSITION_WORDS, AlignConfig, align_projector, dense_loss,
+                    easy_vqa_labels, fashion_labels, left_right_direction, position_loss, shapes_labels, word_vectors)
 from .tasks.fashion_mnist import CLASSES
 from .models.features import FeatureCache
 from .models.llava import pad
@@ -62,6 +62,7 @@ class TrainConfig:
     init: str = "v1"            # warm start from this committed asset (projector + LoRA); "" = from scratch
     realign: bool = False       # run stage 1 on the warm-started projector too (v5: with align.dense_weight)
     dense_weight: float = 0.0   # stage 2: align's per-patch term on shapes batches too (keeps tokens word-like)
+    position_weight: float = 0.0  # stage 2: align's position term on shapes batches too (with dense_weight; v7)
     bf16: bool = False          # bf16 autocast (v1 used it); fp32 here: AVX2-only CPUs run bf16 matmuls ~7.5x slower
     lora_rank: int = 8          # 0 = projector only
     lora_alpha: float = 16.0
@@ -127,7 +128,8 @@ def train_projector(cfg: TrainConfig) -> dict:
         _stage1(adapter, projector, pools, cfg.align)
     weights = [cfg.task_weights[n] for n in names]
     n_tokens = adapter.n_visual
-    patch_classes, phrase_unit = _patch_targets(adapter) if cfg.dense_weight else (None, None)
+    patch_classes, phrase_unit, lr_unit = _patch_targets(adapter) if cfg.dense_weight else (None, None, None)
+    grid = math.isqrt(n_tokens)
 
     lora = add_lora(adapter.parts.lm, cfg.lora_rank, cfg.lora_alpha, cfg.seed) if cfg.lora_rank else {}
     if start_state is not None and lora:
@@ -173,6 +175,9 @@ def train_projector(cfg: TrainConfig) -> dict:
                 lab = torch.gather(patch_classes[[it.image for it in batch]], 1, idx)
                 unit = torch.nn.functional.normalize(visual.float(), dim=-1)
                 loss = loss + cfg.dense_weight * dense_loss(unit, lab, phrase_unit, cfg.align.tau)[0]
+                if cfg.position_weight:
+                    loss = loss + cfg.position_weight * position_loss(unit, idx % grid, lab, lr_unit,
+                                                                      cfg.align.position_cos, grid)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -196,7 +201,7 @@ def _stage1(adapter, projector, pools, cfg: AlignConfig) -> None:
         labels = {im: lab for im, lab in label_fns[name](items).items() if lab}
         if name == "shapes" and cfg.dense_weight:
             images = sorted({it.image for it in items})
-            classes, _ = _patch_targets(adapter)
+            classes = _patch_targets(adapter)[0]
             align_pools.append((cache, {im: labels.get(im, {}) for im in images}, {im: classes[im] for im in images}))
         else:
             align_pools.append((cache, labels))
@@ -204,16 +209,20 @@ def _stage1(adapter, projector, pools, cfg: AlignConfig) -> None:
     groups = {"color": (EASY_COLORS, word_vectors(emb, tokenizer, EASY_COLORS)),
               "shape": (EASY_SHAPES, word_vectors(emb, tokenizer, EASY_SHAPES)),
               "class": (CLASSES, word_vectors(emb, tokenizer, CLASSES)),
-              "patch": (PATCH_WORDS, word_vectors(emb, tokenizer, PATCH_WORDS))}
+              "patch": (PATCH_WORDS, word_vectors(emb, tokenizer, PATCH_WORDS)),
+              "position": (POSITION_WORDS, word_vectors(emb, tokenizer, POSITION_WORDS))}
     word_norm = emb.norm(dim=1).mean().item()
     align_projector(projector, align_pools, groups, word_norm, cfg, log=lambda m: print(m, flush=True))
 
 
-def _patch_targets(adapter) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per train scene, the class of each patch (-1 on an object's rim), and the unit phrase embeddings."""
+def _patch_targets(adapter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per train scene, the class of each patch (-1 on an object's rim); the unit phrase embeddings; the unit
+    direction from "left" to "right" (the position term's)."""
     classes = torch.from_numpy(patch_labels(scenes("train"), edge=-1))
-    vectors = word_vectors(adapter.parts.embed.weight.detach(), adapter.tokenizer, PATCH_WORDS)
-    return classes, torch.nn.functional.normalize(vectors, dim=-1)
+    emb = adapter.parts.embed.weight.detach()
+    phrases = word_vectors(emb, adapter.tokenizer, PATCH_WORDS)
+    position = left_right_direction(word_vectors(emb, adapter.tokenizer, POSITION_WORDS))
+    return classes, torch.nn.functional.normalize(phrases, dim=-1), position
 
 
 def _save(cfg: TrainConfig, projector, lora, log: list[dict], seconds: float, partial: bool = False) -> dict:
