@@ -2,6 +2,7 @@
 
     python benchmarks/shapes_feature_probe.py      # ~1 min on 2 cores, needs the cached testbed features
     python benchmarks/shapes_feature_probe.py --asset testbed_v5.safetensors   # read an asset's tokens instead
+    python benchmarks/shapes_feature_probe.py --column [--asset FILE]   # is the column (left/right) readable?
 
 Each of the 256 DINOv2-S patch tokens of a scene is labelled with the (colour, shape) of the object covering
 its centre (the inner 70 % of the object's box) or "background"; a linear softmax classifier is trained on the
@@ -15,6 +16,11 @@ With ``--asset`` nothing is trained: each patch is classified by the nearest (co
 "<colour> <shape>" phrase embeddings, applied to the asset's *projected* tokens. That measures how word-like the
 projector made the tokens (stage 1's per-patch term aims at exactly this); writes
 benchmarks/results/shapes_token_readout_<asset>.json.
+
+With ``--column``: a ridge regression (lambda 1e-2) from each object patch's frozen feature (or, with ``--asset``,
+projected token) to its column 0..15, fitted on the first 2,000 train scenes and scored on the 1,000 test scenes
+(R^2 and mean absolute error in columns). A left/right question needs the column in the tokens; writes
+benchmarks/results/shapes_column_probe_<asset or dinov2>.json.
 """
 
 from __future__ import annotations
@@ -51,6 +57,32 @@ def readout(asset: str) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         tokens = torch.cat([adapter.project(xt[b:b + 100]) for b in range(0, len(xt), 100)])
     return (torch.nn.functional.normalize(tokens, dim=-1) @ unit.T).argmax(-1), yt
+
+
+def column_probe(asset: str | None) -> dict:
+    from qapruner.models.assets import ASSETS
+
+    adapter = load_testbed_adapter(projector=ASSETS.get(asset, Path(asset)) if asset else None)
+    (x, y), (xt, yt) = features(adapter, "train"), features(adapter, "test")
+    x, y = x[:2000], y[:2000]
+    if asset:
+        with torch.no_grad():
+            x, xt = (torch.cat([adapter.project(v[b:b + 100]) for b in range(0, len(v), 100)]) for v in (x, xt))
+    col = (torch.arange(x.shape[1]) % 16).double()
+
+    def design(v, lab):  # object patches, with a bias column
+        rows = v[lab > 0].double()
+        return torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1), col.expand(len(v), -1)[lab > 0]
+
+    (X, c), (Xt, ct) = design(x, y), design(xt, yt)
+    w = torch.linalg.solve(X.T @ X + 1e-2 * torch.eye(X.shape[1], dtype=X.dtype), X.T @ c)
+    err = Xt @ w - ct
+    out = {"object patches (test)": len(ct), "column R^2": round(1 - (err ** 2).mean().item() / ct.var().item(), 3),
+           "column mean abs error (patches)": round(err.abs().mean().item(), 2)}
+    name = f"shapes_column_probe_{Path(asset).stem if asset else 'dinov2'}.json"
+    (Path(__file__).resolve().parent / "results" / name).write_text(json.dumps(out, indent=1) + "\n")
+    print(out)
+    return out
 
 
 def main(asset: str | None = None) -> dict:
@@ -105,4 +137,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--asset", help="read this testbed asset's projected tokens (name or .safetensors)")
-    main(parser.parse_args().asset)
+    parser.add_argument("--column", action="store_true", help="probe the column of object patches instead")
+    args = parser.parse_args()
+    column_probe(args.asset) if args.column else main(args.asset)

@@ -61,3 +61,11 @@ def test_processor_and_forward_match_our_spliced_path(testbed):
         ours = testbed.last_logits(testbed.assemble(["what color is the shape?"], testbed.project(feats)))[0]
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     assert cls.shape == (1, 256) and float(cls.sum()) < 1.0  # CLS column removed from a softmax row
+
+
+def test_a_missing_projector_file_is_an_error_not_a_random_projector(tmp_path):
+    from qapruner.errors import QAPrunerError
+    from qapruner.models.registry import load_testbed_adapter
+
+    with pytest.raises(QAPrunerError, match="does not exist"):
+        load_testbed_adapter(projector=tmp_path / "testbed_v9.safetensors")

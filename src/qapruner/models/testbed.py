@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import BitImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
+from ..errors import QAPrunerError
 from ..paths import cache_dir
 from .assets import ASSETS, DEFAULT_ASSET
 from .lora import merge_lora
@@ -91,13 +92,16 @@ def load_projector(model: LlavaForConditionalGeneration, path: Path = PROJECTOR_
 
 
 def load_testbed(projector: Path | None = PROJECTOR_ASSET):
-    """Return ``(model, processor)``: the testbed LLaVA in eval mode, fp32, with the trained projector."""
+    """Return ``(model, processor)``: the testbed LLaVA in eval mode, fp32, with the trained projector (None: the
+    seeded random one). A projector file that does not exist is an error, not a silent random projector."""
+    if projector is not None and not Path(projector).exists():
+        raise QAPrunerError(f"Projector asset {projector} does not exist.")
     out = testbed_dir()
     if not (out / "config.json").exists():
         _assemble(out)
     model = LlavaForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
     processor = LlavaProcessor.from_pretrained(out)
-    if projector is not None and Path(projector).exists():
+    if projector is not None:
         load_projector(model, Path(projector))
     return model, processor
 
