@@ -53,6 +53,14 @@ experiment-v2: setup-core
 experiment-v2-subset: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_v2_subset.toml
 
+# The same on the v7 testbed (word-like visual tokens; docs/testbed.md): the full grid, and its 300-item part
+# (docs/experiment-v7/, the items of docs/experiment-v2, ~95 min).
+experiment-v7: setup-core
+	$(BIN)/qapruner compare --config configs/experiment_v7.toml
+
+experiment-v7-subset: setup-core
+	$(BIN)/qapruner compare --config configs/experiment_v7_subset.toml
+
 # The larger committed v1-testbed subset in docs/experiment-n600/ (600 items per task, keep 12.5 %, W4A4 rows only).
 experiment-n600: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_n600.toml

@@ -51,7 +51,7 @@ def paired(a: str, b: str, tasks: list[str], limit: int) -> dict:
                 f"{kb}_pct": round(100 * sum(y for _, y in pairs) / n, 1),
                 f"{ka}_minus_{kb}_pts": round(100 * (only_a - only_b) / n, 1), f"{ka}_only": only_a,
                 f"{kb}_only": only_b,
-                "mcnemar_p": round(float(binomtest(only_a, only_a + only_b).pvalue), 4) if only_a + only_b else 1.0}
+                "mcnemar_p": float(f"{binomtest(only_a, only_a + only_b).pvalue:.3g}") if only_a + only_b else 1.0}
     return out
 
 

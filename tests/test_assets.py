@@ -21,7 +21,7 @@ def test_testbed_names_its_asset_in_every_run_key(tmp_path):
     # the key of a run on "testbed" differs from one on the other asset: their stored results never mix
     assert EvalConfig(model="testbed").key() == EvalConfig(model=f"testbed:{DEFAULT_ASSET}").key()
     assert EvalConfig(model="testbed").key() != EvalConfig(model="testbed:v1").key()
-    with pytest.raises(QAPrunerError, match="named assets: testbed:v1, testbed:v2"):
+    with pytest.raises(QAPrunerError, match="named assets: testbed:v1, testbed:v2, testbed:v7"):
         check_model_spec(f"testbed:{tmp_path / 'none.safetensors'}")
     assert ASSETS["v1"].is_file()
 
@@ -31,6 +31,9 @@ def test_recipes_of_committed_assets_load_as_train_configs():
     assert v1.init == "" and v1.tasks == {"easy-vqa": 2700, "fashion-mnist": 1500} and v1.steps == 400
     assert v1.align.steps == 1000 and v1.token_keep == (1.0, 0.5, 0.25, 0.125)
     assert TrainConfig().init == "v1" and "shapes" in TrainConfig().tasks
+    v7 = TrainConfig.from_recipe(ASSETS["v7"].with_suffix(".json"))
+    assert v7.realign and v7.steps == 200 and v7.dense_weight == 0.5 and v7.position_weight == 5.0
+    assert v7.align.position_weight == 10.0 and v7.kind_weights["shapes"]["left"] == 0.5
 
 
 def test_lora_state_round_trips_for_a_warm_start():

@@ -2,6 +2,8 @@
 
     testbed        = testbed:v2  (the default: trained with the image-grounded ``shapes`` task, docs/testbed.md)
     testbed:v1     = the first asset (easy-VQA + Fashion-MNIST); every report made before v2 used it
+    testbed:v7     = word-like visual tokens per patch (v2 -> v5 -> v6 -> v7, docs/testbed.md); its reports are
+                     being rerun, after which it becomes the default
     testbed:PATH   = any other asset file (e.g. a training checkpoint)
 
 Run configurations store the canonical spec (``testbed:v2``), so results of different assets never mix.
@@ -12,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
-ASSETS = {"v1": ASSET_DIR / "testbed_v1.safetensors", "v2": ASSET_DIR / "testbed_v2.safetensors"}
+ASSETS = {name: ASSET_DIR / f"testbed_{name}.safetensors" for name in ("v1", "v2", "v7")}
 DEFAULT_ASSET = "v2"
 
 
