@@ -59,6 +59,13 @@ def readout(asset: str) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.nn.functional.normalize(tokens, dim=-1) @ unit.T).argmax(-1), yt
 
 
+def _stem(asset: str) -> str:
+    """``v7`` or ``.../testbed_v7.safetensors`` -> ``testbed_v7`` (the result files' label)."""
+    from qapruner.models.assets import ASSETS
+
+    return Path(ASSETS.get(asset, Path(asset))).stem
+
+
 def column_probe(asset: str | None) -> dict:
     from qapruner.models.assets import ASSETS
 
@@ -79,7 +86,7 @@ def column_probe(asset: str | None) -> dict:
     err = Xt @ w - ct
     out = {"object patches (test)": len(ct), "column R^2": round(1 - (err ** 2).mean().item() / ct.var().item(), 3),
            "column mean abs error (patches)": round(err.abs().mean().item(), 2)}
-    name = f"shapes_column_probe_{Path(asset).stem if asset else 'dinov2'}.json"
+    name = f"shapes_column_probe_{_stem(asset) if asset else 'dinov2'}.json"
     (Path(__file__).resolve().parent / "results" / name).write_text(json.dumps(out, indent=1) + "\n")
     print(out)
     return out
@@ -89,7 +96,7 @@ def main(asset: str | None = None) -> dict:
     torch.manual_seed(0)
     if asset:
         pred, yt = readout(asset)
-        return score(pred, yt, f"shapes_token_readout_{Path(asset).stem}.json")
+        return score(pred, yt, f"shapes_token_readout_{_stem(asset)}.json")
     adapter = load_testbed_adapter(projector=None)  # only the frozen vision tower is used
     (x, y), (xt, yt) = features(adapter, "train"), features(adapter, "test")
     mu, sd = x.mean((0, 1)), x.std((0, 1)) + 1e-6
