@@ -145,3 +145,15 @@ def test_position_term_puts_the_column_on_the_left_right_direction():
     pairs = torch.stack([cos[lab > 0], x.expand(40, 16)[lab > 0]])
     assert torch.corrcoef(pairs)[0, 1] > 0.9
     assert "position_loss" not in run(0.0)[1][-1]
+
+
+def test_position_term_without_patch_labels_is_refused():
+    import pytest
+
+    from qapruner.errors import QAPrunerError
+    from qapruner.train import TrainConfig
+
+    with pytest.raises(QAPrunerError, match="position_weight needs dense_weight"):
+        AlignConfig(position_weight=1.0)
+    with pytest.raises(QAPrunerError, match="position_weight needs dense_weight"):
+        TrainConfig(position_weight=1.0)

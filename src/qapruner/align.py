@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import QAPrunerError
 from .tasks.fashion_mnist import CLASSES
 
 EASY_COLORS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
@@ -56,6 +57,14 @@ class AlignConfig:
     position_weight: float = 0.0  # position term on those pools' object patches (0 = off: assets v1-v6)
     position_cos: float = 0.3    # rho: target cosine with the left->right direction at the image's edges
     seed: int = 0
+
+    def __post_init__(self):
+        check_position_term(self.position_weight, self.dense_weight)
+
+
+def check_position_term(position_weight: float, dense_weight: float) -> None:
+    if position_weight and not dense_weight:
+        raise QAPrunerError("position_weight needs dense_weight > 0: the position term uses the per-patch labels.")
 
 
 def easy_vqa_labels(items) -> dict[int, dict[str, str]]:
@@ -175,7 +184,8 @@ def align_projector(projector, pools, groups, word_norm: float, cfg: AlignConfig
             loss = loss + cfg.dense_weight * dense
             if cfg.position_weight:
                 grid = math.isqrt(n)
-                pos = position_loss(t, idx % grid, lab, left_right_direction(groups["position"][1]), cfg.position_cos, grid)
+                direction = left_right_direction(groups["position"][1])
+                pos = position_loss(t, idx % grid, lab, direction, cfg.position_cos, grid)
                 loss = loss + cfg.position_weight * pos
                 record["position_loss"] = round(pos.item(), 4)
         opt.zero_grad(set_to_none=True)

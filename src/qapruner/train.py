@@ -26,8 +26,9 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
-from .align import (EASY_COLORS, EASY_SHAPES, POSITION_WORDS, AlignConfig, align_projector, dense_loss,
-                    easy_vqa_labels, fashion_labels, left_right_direction, position_loss, shapes_labels, word_vectors)
+from .align import (EASY_COLORS, EASY_SHAPES, POSITION_WORDS, AlignConfig, align_projector, check_position_term,
+                    dense_loss, easy_vqa_labels, fashion_labels, left_right_direction, position_loss, shapes_labels,
+                    word_vectors)
 from .tasks.fashion_mnist import CLASSES
 from .models.features import FeatureCache
 from .models.llava import pad
@@ -69,6 +70,9 @@ class TrainConfig:
     lora_lr: float = 5e-4
     align: AlignConfig = field(default_factory=AlignConfig)  # stage 1; steps=0 skips it
     out: str = "src/qapruner/assets/testbed_v2.safetensors"
+
+    def __post_init__(self):
+        check_position_term(self.position_weight, self.dense_weight)
 
     @classmethod
     def from_recipe(cls, path: str | Path) -> "TrainConfig":
