@@ -82,3 +82,13 @@ def test_batches_draw_kinds_by_weight_and_recipes_keep_per_task_token_keep(tmp_p
     from qapruner.tasks.scenes import COMBOS, PATCH_WORDS
 
     assert PATCH_WORDS[0] == "background" and PATCH_WORDS[1 + COMBOS.index(("red", "circle"))] == "red circle"
+
+
+def test_train_with_a_missing_warm_start_file_fails_in_one_sentence(tmp_path, capsys):
+    from qapruner.cli import main
+
+    assert main(["train", "--init", str(tmp_path / "testbed_v6.safetensors"), "--steps", "1",
+                 "--out", str(tmp_path / "out.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "warm-start asset" in err and "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out.safetensors").exists()

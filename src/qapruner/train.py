@@ -30,6 +30,7 @@ from .align import (EASY_COLORS, EASY_SHAPES, POSITION_WORDS, AlignConfig, align
                     dense_loss, easy_vqa_labels, fashion_labels, left_right_direction, position_loss, shapes_labels,
                     word_vectors)
 from .tasks.fashion_mnist import CLASSES
+from .errors import QAPrunerError
 from .models.features import FeatureCache
 from .models.llava import pad
 from .models.assets import ASSETS
@@ -106,6 +107,7 @@ def _draw_batch(items: list, kind_weights: dict[str, float] | None, n: int, rng:
 
 
 def train_projector(cfg: TrainConfig) -> dict:
+    init_file = _init_file(cfg.init) if cfg.init else None  # before any loading: a missing file fails at once
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     adapter = load_testbed_adapter(projector=None)  # start from the seeded random projector
@@ -124,7 +126,7 @@ def train_projector(cfg: TrainConfig) -> dict:
         cache.ensure(sorted({it.image for it in items}))
         pools[name] = (items, cache)
     names = list(pools)
-    start_state = load_file(str(ASSETS.get(cfg.init, Path(cfg.init)))) if cfg.init else None
+    start_state = load_file(str(init_file)) if init_file else None
     if start_state is not None:  # warm start: stage 1 is already in the starting asset (unless ``realign``)
         projector.load_state_dict({k[len("projector."):]: v for k, v in start_state.items()
                                    if k.startswith("projector.")})
@@ -194,6 +196,16 @@ def train_projector(cfg: TrainConfig) -> dict:
                 print(f"step {step + 1}/{cfg.steps} loss(avg20) {np.mean([r['loss'] for r in log[-20:]]):.4f} "
                       f"{time.time() - start:.0f}s", flush=True)
     return _save(cfg, projector, lora, log, time.time() - start)
+
+
+def _init_file(init: str) -> Path:
+    """The warm-start asset of ``init`` (a committed asset's name or a file); one sentence if it is missing (v7's
+    recipe starts from the v6 file, which is not committed: the recipe's note says how to make it)."""
+    path = ASSETS.get(init, Path(init).expanduser())
+    if not path.is_file():
+        raise QAPrunerError(f"The warm-start asset '{init}' does not exist; make it first (see the recipe's note) or "
+                            "pass --init NAME|FILE.")
+    return path
 
 
 def _stage1(adapter, projector, pools, cfg: AlignConfig) -> None:

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                    help="stage-1 alignment steps without the LLM (default: the recipe's; 0 skips stage 1)")
     p.add_argument("--out", default=None, help="where to write the projector safetensors")
     p.add_argument("--recipe", default=None, metavar="NAME|FILE.json",
-                   help="train with the recipe of a committed asset (v1, v2) or of an asset's .json "
+                   help="train with the recipe of a committed asset (v1, v2, v7) or of an asset's .json "
                         "(default: the recipe of the current default asset, v2)")
     p.add_argument("--init", default=None, metavar="NAME|FILE",
                    help="warm start from this asset (default: the recipe's; '' trains from scratch)")
