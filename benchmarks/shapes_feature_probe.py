@@ -45,6 +45,11 @@ def features(adapter, split: str):
     return cache.get(idx)[0].float(), torch.from_numpy(patch_labels(scenes(split)))
 
 
+def project(adapter, feats: torch.Tensor) -> torch.Tensor:
+    """The asset's projected tokens of ``feats``, 100 scenes at a time."""
+    return torch.cat([adapter.project(feats[b:b + 100]) for b in range(0, len(feats), 100)])
+
+
 def readout(asset: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest-phrase class of each projected test patch, and the test labels."""
     from qapruner.align import word_vectors
@@ -55,7 +60,7 @@ def readout(asset: str) -> tuple[torch.Tensor, torch.Tensor]:
     emb = adapter.parts.embed.weight.detach()
     unit = torch.nn.functional.normalize(word_vectors(emb, adapter.tokenizer, PATCH_WORDS), dim=-1)
     with torch.no_grad():
-        tokens = torch.cat([adapter.project(xt[b:b + 100]) for b in range(0, len(xt), 100)])
+        tokens = project(adapter, xt)
     return (torch.nn.functional.normalize(tokens, dim=-1) @ unit.T).argmax(-1), yt
 
 
@@ -74,7 +79,7 @@ def column_probe(asset: str | None) -> dict:
     x, y = x[:2000], y[:2000]
     if asset:
         with torch.no_grad():
-            x, xt = (torch.cat([adapter.project(v[b:b + 100]) for b in range(0, len(v), 100)]) for v in (x, xt))
+            x, xt = project(adapter, x), project(adapter, xt)
     col = (torch.arange(x.shape[1]) % 16).double()
 
     def design(v, lab):  # object patches, with a bias column

@@ -151,6 +151,7 @@ def align_projector(projector, pools, groups, word_norm: float, cfg: AlignConfig
     opt = torch.optim.AdamW(projector.parameters(), lr=cfg.lr, weight_decay=0.0)
     index = {g: {w: k for k, w in enumerate(words)} for g, (words, _) in groups.items()}
     unit = {g: F.normalize(vec, dim=-1) for g, (_, vec) in groups.items()}
+    direction = left_right_direction(groups["position"][1]) if cfg.position_weight else None
     history = []
     for step in range(cfg.steps):
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
@@ -184,7 +185,6 @@ def align_projector(projector, pools, groups, word_norm: float, cfg: AlignConfig
             loss = loss + cfg.dense_weight * dense
             if cfg.position_weight:
                 grid = math.isqrt(n)
-                direction = left_right_direction(groups["position"][1])
                 pos = position_loss(t, idx % grid, lab, direction, cfg.position_cos, grid)
                 loss = loss + cfg.position_weight * pos
                 record["position_loss"] = round(pos.item(), 4)

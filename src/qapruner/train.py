@@ -14,6 +14,7 @@ which both makes the model usable with few tokens and shortens the average train
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -217,7 +218,7 @@ def _stage1(adapter, projector, pools, cfg: AlignConfig) -> None:
         labels = {im: lab for im, lab in label_fns[name](items).items() if lab}
         if name == "shapes" and cfg.dense_weight:
             images = sorted({it.image for it in items})
-            classes = _patch_targets(adapter)[0]
+            classes = _train_patch_classes()
             align_pools.append((cache, {im: labels.get(im, {}) for im in images}, {im: classes[im] for im in images}))
         else:
             align_pools.append((cache, labels))
@@ -231,10 +232,16 @@ def _stage1(adapter, projector, pools, cfg: AlignConfig) -> None:
     align_projector(projector, align_pools, groups, word_norm, cfg, log=lambda m: print(m, flush=True))
 
 
+@functools.cache
+def _train_patch_classes() -> torch.Tensor:
+    """Per train scene, the class of each patch (-1 on an object's rim); computed once for stages 1 and 2."""
+    return torch.from_numpy(patch_labels(scenes("train"), edge=-1))
+
+
 def _patch_targets(adapter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per train scene, the class of each patch (-1 on an object's rim); the unit phrase embeddings; the unit
     direction from "left" to "right" (the position term's)."""
-    classes = torch.from_numpy(patch_labels(scenes("train"), edge=-1))
+    classes = _train_patch_classes()
     emb = adapter.parts.embed.weight.detach()
     phrases = word_vectors(emb, adapter.tokenizer, PATCH_WORDS)
     position = left_right_direction(word_vectors(emb, adapter.tokenizer, POSITION_WORDS))
