@@ -134,3 +134,17 @@ def test_property_groups_match_rowwise(rows, groups, g, bits, sym, seed):
     assert torch.equal(grouped, manual)
     w = quantize_weight_rtn(x, bits, sym, group_size=g)
     assert torch.equal(w, manual)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_inplace_fast_path_is_bit_identical_to_the_formula(sym):
+    """Without autograd fake_quant runs in place on one buffer; it must equal the written formula bit for bit."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 96) * torch.rand(64, 1) * 10
+    scale, zero = qparams_from_range(x.amin(1, keepdim=True), x.amax(1, keepdim=True), 4, sym)
+    formula = (quantize_int(x, scale, zero, 4, sym) - zero) * scale
+    fast = fake_quant(x, scale, zero, 4, sym)
+    assert torch.equal(fast, formula)
+    xg = x.clone().requires_grad_(True)  # the autograd path is the formula itself
+    assert torch.equal(fake_quant(xg, scale, zero, 4, sym).detach(), formula)
+    assert torch.equal(x, xg.detach())  # the input is never modified
