@@ -65,10 +65,19 @@ experiment-v7-subset: setup-core
 experiment-n600: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_n600.toml
 
-# Reproduce the default testbed asset (src/qapruner/assets/testbed_v2.safetensors; it continues from v1).
-# `qapruner train --recipe v1 --out FILE` reproduces v1.
+# Reproduce the default testbed asset v7 into the cache (about 2.2 h on 2 cores): the chain v2 -> v5 -> v6 -> v7
+# from the committed v2, each step with its committed recipe (docs/testbed.md). Compare the result with
+# `--model testbed:$(ASSET_OUT)/testbed_v7.safetensors`. `qapruner train --recipe v2|v1 --out FILE` reproduces
+# the earlier assets; TRAIN_ARGS="--steps 1 --align-steps 1" checks the chain in minutes.
+ASSET_OUT ?= $${QAPRUNER_CACHE:-$$HOME/.cache/qapruner}/assets
+TRAIN_ARGS ?=
 train: setup-core
-	$(BIN)/qapruner train
+	$(BIN)/qapruner train --recipe benchmarks/results/testbed_v5/recipe.json --init v2 \
+		--out $(ASSET_OUT)/testbed_v5.safetensors $(TRAIN_ARGS)
+	$(BIN)/qapruner train --recipe benchmarks/results/testbed_v6/recipe.json \
+		--init $(ASSET_OUT)/testbed_v5.safetensors --out $(ASSET_OUT)/testbed_v6.safetensors $(TRAIN_ARGS)
+	$(BIN)/qapruner train --recipe v7 --init $(ASSET_OUT)/testbed_v6.safetensors \
+		--out $(ASSET_OUT)/testbed_v7.safetensors $(TRAIN_ARGS)
 
 clean-cache:
 	rm -rf $${QAPRUNER_CACHE:-$$HOME/.cache/qapruner}

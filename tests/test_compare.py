@@ -282,7 +282,7 @@ def test_cli_parses_and_merges_config(tmp_path):
     assert cfg.limit == 8 and cfg.seed == 3 and not cfg.fp_pruned and cfg.keeps == [0.125]
     args = build_parser().parse_args(["compare", "--task", "fashion-mnist"])
     cfg = config_from_args(args)
-    assert cfg.tasks == ["fashion-mnist"] and cfg.model == "testbed:v2" and cfg.batch_size == 16
+    assert cfg.tasks == ["fashion-mnist"] and cfg.model == "testbed:v7" and cfg.batch_size == 16
     # without --config the demo's grid (the options given still override it), not the many-hour full grid
     assert cfg.limit == 24 and cfg.hosts == ["cls", "cdpruner"] and cfg.keeps == [0.125] and not cfg.fp_pruned
     demo = resolve(load_config_file(Path(__file__).resolve().parents[1] / "configs" / "demo.toml"), {})

@@ -122,7 +122,7 @@ def test_bad_model_args_fail_in_one_sentence(args, message):
 def test_model_args_as_lmms_eval_passes_them():
     o = parse_options({"model": "testbed", "quant": "w4a4-rot-gptq", "prune": "cdpruner", "keep": 0.25, "qa": True,
                        "alpha": "dynamic", "batch_size": "auto", "device": None, "max_batch_size": None})
-    assert o.config.preset == "w4a4-rot-gptq" and o.config.model == "testbed:v2" and o.config.batch_size == 16
+    assert o.config.preset == "w4a4-rot-gptq" and o.config.model == "testbed:v7" and o.config.batch_size == 16
     assert (o.config.prune.host, o.config.prune.keep, o.config.prune.qa, o.config.prune.alpha) == ("cdpruner", 0.25, True, "dynamic")
     assert o.calib is None and o.feature_cache
 

@@ -20,7 +20,7 @@ RELEVANCE_HELP = ("CDPruner's instruction relevance: llm (default: visual tokens
 
 
 def add_model_task_args(p) -> None:
-    p.add_argument("--model", default="testbed", help="'testbed' (default: the v2 asset), 'testbed:v1' (the first asset), 'testbed:FILE' (another projector/LoRA asset), a local llava-hf directory or a hub id")
+    p.add_argument("--model", default="testbed", help="'testbed' (default: the v7 asset), 'testbed:v2' / 'testbed:v1' (earlier assets), 'testbed:FILE' (another projector/LoRA asset), a local llava-hf directory or a hub id")
     p.add_argument("--task", default="easy-vqa", help="easy-vqa (default) | fashion-mnist | jsonl:PATH | scienceqa-img")
     p.add_argument("--limit", type=int, default=None,
                    help="evaluate a fixed seeded subset of N items, stratified by answer (default: all)")

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="where to write the projector safetensors")
     p.add_argument("--recipe", default=None, metavar="NAME|FILE.json",
                    help="train with the recipe of a committed asset (v1, v2, v7) or of an asset's .json "
-                        "(default: the recipe of the current default asset, v2)")
+                        "(default: v2's recipe; the default asset v7 continues v2 through v5 and v6: `make train`)")
     p.add_argument("--init", default=None, metavar="NAME|FILE",
                    help="warm start from this asset (default: the recipe's; '' trains from scratch)")
     p.add_argument("--bf16", dest="bf16", action="store_const", const=True, default=None,
