@@ -7,7 +7,8 @@ CORE    := $(VENV)/.core
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-core demo test experiment experiment-v2 experiment-v2-subset experiment-subset experiment-n600 train clean-cache
+.PHONY: setup setup-core demo test experiment experiment-subset experiment-n600 experiment-v2 experiment-v2-subset \
+	experiment-v7 experiment-v7-subset sensitivity-v7 prune-calibration-v7 train clean-cache
 
 # `setup` is everything (tests, lmms-eval); `setup-core` only what the demo and experiments run on (faster on a fresh clone).
 setup: $(STAMP) $(FASHION)
@@ -60,6 +61,17 @@ experiment-v7: setup-core
 
 experiment-v7-subset: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_v7_subset.toml
+
+# Issue #11 on v7 at 600 items per task (run after experiment-v7: they reuse its host and QA rows by copying
+# its item files in; docs/compare.md).
+reuse_items = mkdir -p $(2)/items && cp -n $(1)/items/*.jsonl $(1)/items/*.summary.json $(2)/items/ 2>/dev/null; true
+sensitivity-v7: setup-core
+	$(call reuse_items,runs/experiment-v7,runs/sensitivity-v7)
+	$(BIN)/qapruner compare --config configs/sensitivity_v7.toml
+
+prune-calibration-v7: setup-core
+	$(call reuse_items,runs/experiment-v7,runs/prune-calibration-v7)
+	$(BIN)/qapruner compare --config configs/prune_calibration_v7.toml
 
 # The larger committed v1-testbed subset in docs/experiment-n600/ (600 items per task, keep 12.5 %, W4A4 rows only).
 experiment-n600: setup-core
