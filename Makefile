@@ -46,7 +46,7 @@ experiment: setup-core
 experiment-subset: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_subset.toml
 
-# The headline experiment on the v2 testbed (3 tasks × 600 items, 2 presets, 2 keeps, every host; ~5-6 h, resumable).
+# The headline experiment on the v2 testbed (3 tasks × 600 items, 2 presets, 2 keeps, every host; ~8 h by its plan, resumable).
 experiment-v2: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_v2.toml
 
@@ -66,11 +66,11 @@ experiment-v7-subset: setup-core
 # its item files in; docs/compare.md).
 reuse_items = mkdir -p $(2)/items && cp -n $(1)/items/*.jsonl $(1)/items/*.summary.json $(2)/items/ 2>/dev/null; true
 sensitivity-v7: setup-core
-	$(call reuse_items,runs/experiment-v7,runs/sensitivity-v7)
+	$(call reuse_items,docs/experiment-v7-n600,docs/sensitivity-v7)
 	$(BIN)/qapruner compare --config configs/sensitivity_v7.toml
 
 prune-calibration-v7: setup-core
-	$(call reuse_items,runs/experiment-v7,runs/prune-calibration-v7)
+	$(call reuse_items,docs/experiment-v7-n600,docs/prune-calibration-v7)
 	$(BIN)/qapruner compare --config configs/prune_calibration_v7.toml
 
 # The larger committed v1-testbed subset in docs/experiment-n600/ (600 items per task, keep 12.5 %, W4A4 rows only).
