@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ from ..eval.store import read_items
 from ..io import write_json
 from ..tasks.base import Task
 from .config import CompareConfig
-from .grid import Row, build_grid, model_key, slug
+from .gallery import gallery_plan, gallery_up_to_date, model_grid, save_gallery
+from .grid import Row, build_grid, model_key
 from .plan import plan_line
 
 
@@ -124,32 +124,6 @@ class Backend:
             pass
 
 
-@dataclass
-class GalleryPlan:
-    task: str
-    quant: str
-    host: str
-    keep: float
-    uids: list[str] = field(default_factory=list)
-
-
-def gallery_plan(cfg: CompareConfig, tasks: dict[str, Task]) -> GalleryPlan | None:
-    """The first task and preset, CDPruner if swept (the paper's host) else the first host, at the paper keep;
-    the first ``cfg.gallery`` items of the subset that show distinct images."""
-    if cfg.gallery <= 0:
-        return None
-    task = tasks[cfg.tasks[0]]
-    host = "cdpruner" if "cdpruner" in cfg.hosts else cfg.hosts[0]
-    seen, uids = set(), []
-    for it in task.items:
-        if it.image not in seen:
-            seen.add(it.image)
-            uids.append(it.uid)
-        if len(uids) == cfg.gallery:
-            break
-    return GalleryPlan(cfg.tasks[0], cfg.quant[0], host, cfg.paper_keep, uids)
-
-
 def summary_path(items_dir: Path, cid: str) -> Path:
     return items_dir / f"{cid}.summary.json"
 
@@ -184,7 +158,7 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
     summaries = {r: finished_summary(items_dir, ids[r], r.fingerprint(cfg)) for r in rows}
     plan = gallery_plan(cfg, tasks)
     gallery_file = out_dir / "gallery" / "data.json"
-    need_gallery = plan is not None and not _gallery_ok(gallery_file, plan, cfg)
+    need_gallery = plan is not None and not gallery_up_to_date(gallery_file, plan, cfg)
     # several processes run every configuration together: all of them follow the main process's view
     finished, need_gallery = parallel.broadcast(({ids[r]: summaries[r] for r in rows}, need_gallery))
     summaries = {r: finished[ids[r]] for r in rows}
@@ -231,7 +205,7 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
                 if key == gallery_key and tname == plan.task and parallel.is_main():
                     items = [it for it in task.items if it.uid in set(plan.uids)]
                     data = backend.gallery_data(model, task, items, cfg)
-                    _save_gallery(gallery_file, plan, cfg, data, items, model_grid(model))
+                    save_gallery(gallery_file, plan, cfg, data, items, model_grid(model))
             backend.release(model)  # at most one quantized copy alive at a time
             model = None
     if progress and bar is not None:
@@ -258,38 +232,6 @@ def _prepare(backend: Backend, fp, cfg: CompareConfig, quant: str | None, key: t
     source = list(tasks.values()) if shared else tasks[tname] if tname else next(iter(tasks.values()))
     q, info = backend.quantize(fp, quant, source, cfg, progress, calib_prune=calib_prune)
     return backend.cast(q, cfg.dtype, copy=False), info
-
-
-def model_grid(loaded) -> list[int]:
-    return list(getattr(loaded, "grid", (0, 0)))
-
-
-def _gallery_key(plan: GalleryPlan, cfg: CompareConfig) -> dict:
-    return {"task": plan.task, "quant": plan.quant, "uids": plan.uids, "model": cfg.model, "sensitivity": cfg.gallery_sensitivity,
-            "sens_bits": cfg.sens_bits, "sens_group_size": cfg.sens_group_size}
-
-
-def _gallery_ok(path: Path, plan: GalleryPlan, cfg: CompareConfig) -> bool:
-    if not path.exists():
-        return False
-    try:
-        return json.loads(path.read_text()).get("key") == _gallery_key(plan, cfg)
-    except json.JSONDecodeError:
-        return False
-
-
-def _save_gallery(path: Path, plan, cfg, data: dict, items, grid) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for it in items:
-        d = data[it.uid]
-        name = f"view_{slug(it.uid)}.png"
-        Image.fromarray(d["image"]).save(path.parent / name)
-        entries.append({"uid": it.uid, "image_file": name, "question": it.question, "answer": it.answer,
-                        "sq": [round(float(x), 5) for x in d["sq"]]})
-    write_json(path, {"key": _gallery_key(plan, cfg), "grid": grid, "items": entries})
 
 
 def correctness(configs: list[dict], tasks: dict[str, Task], items_dir: Path) -> tuple[dict, dict]:
