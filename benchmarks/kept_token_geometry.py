@@ -1,11 +1,14 @@
-"""Where do the kept tokens lie on Fashion-MNIST images? (explains the `cls` host's collapse)
+"""Where do the kept tokens lie? Fashion-MNIST (explains the `cls` host's collapse) and shapes scenes.
 
     tar -xJf docs/experiment/items.tar.xz -C docs/experiment    # the committed items are archived
     python benchmarks/kept_token_geometry.py docs/experiment/items/fashion-mnist__fp__*k0.125*.jsonl
+    python benchmarks/kept_token_geometry.py docs/experiment-v7/items/shapes__*k0.125*.jsonl
 
-For every items file of a compare/eval run on fashion-mnist, prints per host the mean over items of:
-- garment: share of kept tokens whose 14×14 patch (of the 224-px input) has mean intensity > 0.1;
-- boundary: share of kept tokens on the garment's outline (garment patch with a background 4-neighbour);
+For every items file of a compare/eval run, prints per configuration the mean over items of:
+- fashion-mnist: garment, the share of kept tokens whose 14×14 patch (of the 224-px input) has mean intensity
+  > 0.1; boundary, the share on the garment's outline (garment patch with a background 4-neighbour);
+- shapes: object, the share of kept tokens whose patch centre lies inside an object's box; covered, the share
+  of the scene's objects with at least one kept token inside their box;
 - spread: std of the kept tokens' row index + std of their column index (16×16 grid).
 """
 
@@ -17,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from qapruner.tasks import load_task
 from qapruner.tasks.fashion_mnist import _read
+from qapruner.tasks.scenes import SIZE
+from qapruner.tasks.shapes import scenes
 
 GRID = 16  # 224 px / 14 px patches
 THRESHOLD = 0.1
@@ -38,24 +44,41 @@ def geometry(kept: np.ndarray, means: np.ndarray) -> tuple[float, float, float]:
     return float(fg.flat[kept].mean()), float(boundary.flat[kept].mean()), float(rows.std() + cols.std())
 
 
+def shapes_geometry(kept: np.ndarray, scene) -> tuple[float, float, float]:
+    step = SIZE // GRID
+    px, py = (kept % GRID) * step + step // 2, (kept // GRID) * step + step // 2
+    inside = np.array([(np.abs(px - o.cx) <= o.r) & (np.abs(py - o.cy) <= o.r) for o in scene.objects])
+    rows, cols = kept // GRID, kept % GRID
+    return float(inside.any(0).mean()), float(inside.any(1).mean()), float(rows.std() + cols.std())
+
+
+def measure(path: Path) -> tuple[int, np.ndarray]:
+    """(items, mean of the per-item statistics) of one items file."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    rows = [r for r in rows if r.get("kept")]
+    if path.name.startswith("shapes"):
+        items, all_scenes = load_task("shapes", "test").items, scenes("test")
+        stats = [shapes_geometry(np.asarray(r["kept"]), all_scenes[items[int(r["uid"].rsplit("/", 1)[1])].image])
+                 for r in rows]
+    else:
+        images, _ = _read("test")
+        stats = [geometry(np.asarray(r["kept"]), patch_means(images[int(r["uid"].rsplit("/", 1)[1])])) for r in rows]
+    return len(rows), np.array(stats).mean(axis=0) if stats else np.zeros(3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("items", nargs="+", type=Path, help="items JSONL files of fashion-mnist runs with kept indices")
+    ap.add_argument("items", nargs="+", type=Path,
+                    help="items JSONL files of one task's runs (fashion-mnist or shapes) with kept indices")
     args = ap.parse_args()
-    images, _ = _read("test")
-    print(f"{'configuration':45s} {'n':>4s} {'garment':>8s} {'boundary':>9s} {'spread':>7s}")
+    shapes = args.items[0].name.startswith("shapes")
+    head = ("object", "covered") if shapes else ("garment", "boundary")
+    print(f"{'configuration':45s} {'n':>4s} {head[0]:>8s} {head[1]:>9s} {'spread':>7s}")
     for path in args.items:
-        rows = [json.loads(line) for line in path.read_text().splitlines()[1:]]
-        rows = [r for r in rows if r.get("kept")]
-        if not rows:
-            continue
-        stats = np.array([
-            geometry(np.asarray(r["kept"]), patch_means(images[int(r["uid"].rsplit("/", 1)[1])])) for r in rows
-        ])
-        g, b, s = stats.mean(axis=0)
-        name = path.name.split("__")[1] + " " + path.name.split("__")[2]
-        print(f"{name:45s} {len(rows):4d} {g:8.2f} {b:9.2f} {s:7.2f}")
-
+        n, (a, b, spread) = measure(path)
+        if n:
+            name = path.name.split("__")[1] + " " + path.name.split("__")[2]
+            print(f"{name:45s} {n:4d} {a:8.2f} {b:9.2f} {spread:7.2f}")
 
 if __name__ == "__main__":
     main()
