@@ -15,6 +15,7 @@ For every items file of a compare/eval run, prints per configuration the mean ov
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -52,12 +53,18 @@ def shapes_geometry(kept: np.ndarray, scene) -> tuple[float, float, float]:
     return float(inside.any(0).mean()), float(inside.any(1).mean()), float(rows.std() + cols.std())
 
 
+@functools.cache
+def shapes_test() -> tuple[list, list]:
+    """The shapes test items and scenes (built once for all the files read)."""
+    return load_task("shapes", "test").items, scenes("test")
+
+
 def measure(path: Path) -> tuple[int, np.ndarray]:
     """(items, mean of the per-item statistics) of one items file."""
     rows = [json.loads(line) for line in path.read_text().splitlines()[1:]]
     rows = [r for r in rows if r.get("kept")]
     if path.name.startswith("shapes"):
-        items, all_scenes = load_task("shapes", "test").items, scenes("test")
+        items, all_scenes = shapes_test()
         stats = [shapes_geometry(np.asarray(r["kept"]), all_scenes[items[int(r["uid"].rsplit("/", 1)[1])].image])
                  for r in rows]
     else:
