@@ -122,12 +122,12 @@ def test_bad_input_is_one_sentence_and_exit_2(argv, message, capsys, tmp_path):
     assert "Traceback" not in err and not (tmp_path / "x.json").exists()
 
 
-def test_unsupported_model_type(tmp_path, capsys):
+def test_unsupported_model_type(tmp_path, tiny_jsonl, capsys):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     LlamaForCausalLM(LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                                  vocab_size=50)).save_pretrained(tmp_path / "llama")
-    rc = main(["eval", "--model", str(tmp_path / "llama"), "--task", "easy-vqa", "--limit", "2"])
+    rc = main(["eval", "--model", str(tmp_path / "llama"), "--task", f"jsonl:{tiny_jsonl}", "--limit", "2"])
     assert rc == 2 and "supports LLaVA-family" in capsys.readouterr().err
 
 
@@ -152,16 +152,18 @@ def test_fastv_with_matched_sensitivity_uses_layer_k_quantizer(tiny_llava_dir, t
 
 
 def test_bfloat16_execution_of_fp_and_weight_only_rows(tiny_llava_dir, tiny_jsonl, tmp_path):
-    """--dtype bfloat16 runs the projector and the language model in bf16 (the vision features stay fp32)."""
+    """--dtype bfloat16 runs the projector and the language model in bf16 (the vision tower keeps its dtype)."""
     for quant in ([], ["--quant", "w4a16"]):
         out = tmp_path / f"bf16{len(quant)}.json"
         assert main(["eval", "--model", str(tiny_llava_dir), "--task", f"jsonl:{tiny_jsonl}", "--dtype", "bfloat16",
                      "--prune", "cdpruner", "--keep", "0.5", "--qa", *quant, "--out", str(out)]) == 0
         s = json.loads(out.read_text())
         assert s["config"]["dtype"] == "bfloat16" and s["n"] == 12 and s["visual_tokens"]["kept"] == 8
-    adapter = load_model(str(tiny_llava_dir)).cast(torch.bfloat16)
+    adapter = load_model(str(tiny_llava_dir))
+    loaded_dtype = adapter.parts.vision_tower.embeddings.patch_embeddings.projection.weight.dtype  # fp16 on a GPU
+    adapter.cast(torch.bfloat16)
     assert adapter.parts.lm.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
-    assert adapter.parts.vision_tower.embeddings.patch_embeddings.projection.weight.dtype == torch.float32
+    assert adapter.parts.vision_tower.embeddings.patch_embeddings.projection.weight.dtype == loaded_dtype
 
 
 @pytest.mark.parametrize("quant,kernel", [([], None), (["--quant", "w4a16"], "int4"), (["--quant", "w8a8"], "int8-dynamic")])

@@ -69,7 +69,7 @@ CONFIGS = {
 @pytest.fixture(scope="module")
 def exports(tiny_llava_dir, tiny_jsonl, tmp_path_factory):
     """Each config quantized (calibrated on the JSONL task) and exported: {name: (quantized adapter, dir)}."""
-    adapter = load_model(str(tiny_llava_dir))
+    adapter = load_model(str(tiny_llava_dir), device=torch.device("cpu"))  # exact values: float32 on any machine
     task = load_task(f"jsonl:{tiny_jsonl}")
     root = tmp_path_factory.mktemp("exports")
     out = {}

@@ -154,15 +154,18 @@ def test_several_token_continuations_match_the_hf_forward(tiny_llava_dir, tiny_j
     got = engine.score([Visual(f"jsonl:{tiny_jsonl}", it.image) for it in items], [it.prompt for it in items],
                        [it.question for it in items], conts)
     pixels = adapter.processor.image_processor([task.load_image(it.image) for it in items], return_tensors="pt")["pixel_values"]
+    fp32 = adapter.model.dtype == torch.float32  # a GPU loads the model in fp16: the two paths agree to its rounding
     for i, it in enumerate(items):
         for j, cont in enumerate(conts[i]):
-            ids = torch.tensor([adapter.token_row(it.prompt, adapter.n_visual) + cont])
+            ids = torch.tensor([adapter.token_row(it.prompt, adapter.n_visual) + cont], device=adapter.device)
             with torch.no_grad():
-                logits = adapter.model(input_ids=ids, pixel_values=pixels[i : i + 1]).logits[0]
-            logp = torch.log_softmax(logits[-len(cont) - 1 : -1].float(), -1)
+                logits = adapter.model(input_ids=ids, pixel_values=pixels[i : i + 1].to(adapter.device,
+                                                                                         adapter.model.dtype)).logits[0]
+            logp = torch.log_softmax(logits[-len(cont) - 1 : -1].float(), -1).cpu()
             want = -logp.gather(1, torch.tensor(cont)[:, None]).sum().item()
-            assert got[i][j][0] == pytest.approx(want, abs=1e-4)
-            assert got[i][j][1] == bool(torch.equal(logp.argmax(-1), torch.tensor(cont)))
+            assert got[i][j][0] == pytest.approx(want, abs=1e-4 if fp32 else 5e-2)
+            if fp32:  # a near-tie may flip in fp16
+                assert got[i][j][1] == bool(torch.equal(logp.argmax(-1), torch.tensor(cont)))
 
 
 def test_fastv_takes_one_token_continuations_only(tiny_llava_dir, tiny_jsonl):

@@ -73,6 +73,7 @@ def _one_process(argv, trace: Path) -> None:
         trace.mkdir(parents=True, exist_ok=True)
         mp.setenv("QAPRUNER_TRACE", str(trace))
         mp.setattr(LlavaAdapter, "forward", LlavaAdapter.forward)
+        mp.setattr("qapruner.models.registry.default_device", lambda: torch.device("cpu"))  # as the CPU workers
         namespace: dict = {}
         exec(TRACE, namespace)
         namespace["install"]()
@@ -84,7 +85,7 @@ def _one_process(argv, trace: Path) -> None:
 
 def _two_processes(s, argv, trace: Path, cache: Path) -> subprocess.CompletedProcess:
     trace.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, QAPRUNER_TRACE=str(trace), QAPRUNER_CACHE=str(cache),
+    env = dict(os.environ, QAPRUNER_TRACE=str(trace), QAPRUNER_CACHE=str(cache), CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join([str(s["root"] / "site"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "qapruner", *argv, "--processes", "2"], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -220,3 +221,16 @@ def test_parallel_option_errors_are_one_sentence(argv, env, message, capsys, mon
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("qapruner: error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,env", [(["eval", "--processes", "2"], {}),  # qapruner's launcher
+                                      (["eval"], {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})])  # accelerate launch
+def test_more_processes_than_gpus_is_one_sentence(argv, env, capsys, monkeypatch):
+    """nccl needs one GPU per process (found on a 1-GPU machine: 'Duplicate GPU detected' deep inside nccl)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs one GPU per process and this machine has 1" in err and "Traceback" not in err

@@ -71,6 +71,16 @@ def _check_threads(threads: int | None) -> None:
         raise QAPrunerError(f"--threads must be a positive integer, got {threads}.")
 
 
+def _check_gpus(processes: int) -> None:
+    """nccl runs one process per GPU; more processes than visible GPUs would fail deep inside it."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and processes > gpus and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes"):
+        raise QAPrunerError(f"--processes {processes} needs one GPU per process and this machine has {gpus}: use "
+                            f"--processes {gpus}, or CPU processes with CUDA_VISIBLE_DEVICES=''.")
+
+
 def wants_launch(args) -> bool:
     """True when ``--processes N`` (N > 1) asks this (not yet launched) process to start N workers."""
     n = getattr(args, "processes", None)
@@ -109,6 +119,7 @@ def init(args) -> None:
     if _state is None:
         from datetime import timedelta
 
+        _check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
         from accelerate import PartialState
 
         cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
@@ -239,6 +250,7 @@ def launch(argv: list[str], args) -> int:
 
     _check_threads(args.threads)
     n = args.processes
+    _check_gpus(n)
     parser = launch_command_parser()
     largs = parser.parse_args(["--multi_gpu", "--num_processes", str(n), "--num_machines", "1", "--mixed_precision",
                                "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),

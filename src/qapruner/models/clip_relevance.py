@@ -32,7 +32,8 @@ class ClipRelevance:
         except (OSError, ValueError) as exc:
             raise QAPrunerError(f"Cannot load the CLIP model '{spec}' for CDPruner's relevance (a local directory or "
                                 f"hub id of a CLIPModel with its tokenizer): {str(exc).splitlines()[0]}") from None
-        clip.eval()
+        weight = next(vision_tower.parameters())  # run where and in the precision the model's tower runs
+        clip.to(device=weight.device, dtype=weight.dtype).eval()
         self.spec = spec
         self.text_tower = clip.text_model
         self.text_projection = clip.text_projection
@@ -78,10 +79,11 @@ def _check_same_tower(spec: str, clip_vision, tower):
                                                                   "patch_embedding"):
         raise QAPrunerError(f"--relevance clip:{spec} needs a CLIP vision tower; this model's is "
                             f"{type(tower).__name__}. Use --relevance llm.")
+    # CLIP was cast to the tower's dtype: a tower loaded in half precision from the same weights is equal
     mine, theirs = model_vision.embeddings.patch_embedding.weight, clip_vision.embeddings.patch_embedding.weight
-    same = mine.shape == theirs.shape and torch.equal(mine.detach().float().cpu(), theirs.detach().float().cpu())
-    same = same and torch.equal(model_vision.post_layernorm.weight.detach().float().cpu(),
-                                clip_vision.post_layernorm.weight.detach().float().cpu())
+    same = mine.shape == theirs.shape and torch.equal(mine.detach().cpu(), theirs.detach().cpu())
+    same = same and torch.equal(model_vision.post_layernorm.weight.detach().cpu(),
+                                clip_vision.post_layernorm.weight.detach().cpu())
     if not same:
         raise QAPrunerError(f"The CLIP model '{spec}' is not this model's vision tower (its patch embedding or "
                             "post-layernorm differ), so its text tower does not share the tower's embedding space.")
