@@ -8,6 +8,7 @@ simulation of the same preset. Each configuration runs in its own process, so pe
 
     python benchmarks/deploy.py --items 200 --out benchmarks/results/deploy.json
     python benchmarks/deploy.py --one w4a16 --items 200       # one configuration (what the driver runs)
+    python benchmarks/deploy.py --configs w4a16 sim-w4a16 --items 600 --out benchmarks/results/deploy_w4a16_n600.json
 
 Time only on an idle machine: a second busy process distorts CPU timings 10-70x.
 """
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from qapruner.models.assets import DEFAULT_ASSET
+
 CONFIGS = {  # name: (quant preset for the simulation and the real model, real kernels?)
     "fp32": (None, False),
     "bf16": (None, True),
@@ -34,6 +37,8 @@ CONFIGS = {  # name: (quant preset for the simulation and the real model, real k
 }
 TASKS = ("easy-vqa", "fashion-mnist")
 PRUNE = dict(host="cdpruner", keep=0.125, qa=True)
+SIMULATIONS = ["sim-w8a8", "sim-w4a16"]  # the fake-quant simulation of a preset, for the paired difference
+ALL = sorted(CONFIGS) + SIMULATIONS
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -125,9 +130,10 @@ def paired(a: dict, b: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--one", choices=sorted(CONFIGS) + [f"sim-{k}" for k in ("w8a8", "w4a16")])
+    ap.add_argument("--one", choices=ALL)
     ap.add_argument("--items", type=int, default=200, help="items per task (seeded, answer-stratified)")
     ap.add_argument("--out", default="benchmarks/results/deploy.json")
+    ap.add_argument("--configs", nargs="+", choices=ALL, help="run only these configurations (default: all)")
     args = ap.parse_args()
     if args.one:
         if args.one.startswith("sim-"):  # the fake-quant simulation of a preset, for the paired difference
@@ -135,12 +141,12 @@ def main() -> None:
         print(json.dumps(one(args.one, args.items)))
         return
     results = {}
-    for name in [*CONFIGS, *(["sim-w8a8", "sim-w4a16"] if args.items else [])]:
+    for name in args.configs or [*CONFIGS, *(SIMULATIONS if args.items else [])]:
         print(f"running {name} ...", flush=True)
         proc = subprocess.run([sys.executable, __file__, "--one", name, "--items", str(args.items)],
-                              capture_output=True, text=True, check=True)
+                              stdout=subprocess.PIPE, text=True, check=True)  # progress goes to stderr
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    for name in ("w8a8", "w4a16") if args.items else ():
+    for name in [n for n in ("w8a8", "w4a16") if args.items and {n, f"sim-{n}"} <= results.keys()]:
         for label in ("dense", "pruned"):
             for t in TASKS:
                 results[name][label][t]["vs_simulation"] = paired(results[name][label][t]["correct"],
@@ -149,7 +155,8 @@ def main() -> None:
         for label in ("dense", "pruned"):
             for t in TASKS if args.items else ():
                 r[label][t].pop("correct")
-    meta = {"items_per_task": args.items, "threads": 2, "torch": torch.__version__, "prune": PRUNE}
+    meta = {"items_per_task": args.items, "threads": 2, "torch": torch.__version__, "prune": PRUNE,
+            "model": f"testbed:{DEFAULT_ASSET}"}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"{'config':10s} {'weights MB':>10s} {'RSS MB':>7s} {'TTFT dense':>10s} {'TTFT pruned':>11s} "
           f"{'decode tok/s':>12s} " + " ".join(f"{t[:8]:>9s} d/p" for t in TASKS))
