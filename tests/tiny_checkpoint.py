@@ -57,6 +57,31 @@ def build_tiny_llava(out: str | Path, seed: int = 0, hidden: int = 64, layers: i
     return out
 
 
+COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 230, 20)}
+
+
+def write_color_task(root: Path, items: int = 12, size: int = 40, square: int = 18, offsets: int = 20) -> Path:
+    """A multiple-choice JSONL task with real PNG files: a colored square on white, "what color is the shape?"."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(items):
+        name = list(COLORS)[i % 4]
+        arr = np.full((size, size, 3), 255, np.uint8)
+        x, y = rng.integers(0, offsets, 2)
+        arr[y : y + square, x : x + square] = COLORS[name]
+        Image.fromarray(arr).save(root / f"img{i}.png")
+        lines.append({"image": f"img{i}.png", "question": "what color is the shape?", "choices": list(COLORS),
+                      "answer": name})
+    path = root / "task.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return path
+
+
 def tiny_clip_tokenizer():
     """A character-level CLIP tokenizer (every character is a token, ``</w>`` marks a word end): CLIP's own
     normalisation, pre-tokenisation, start / end tokens and pooling on the end token, with a 84-token vocabulary."""
