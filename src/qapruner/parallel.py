@@ -71,12 +71,17 @@ def _check_threads(threads: int | None) -> None:
         raise QAPrunerError(f"--threads must be a positive integer, got {threads}.")
 
 
+def _cpu_requested() -> bool:
+    """accelerate's own switch for CPU processes on a machine with GPUs."""
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+
+
 def _check_gpus(processes: int) -> None:
     """nccl runs one process per GPU; more processes than visible GPUs would fail deep inside it."""
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus and processes > gpus and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes"):
+    if gpus and processes > gpus and not _cpu_requested():
         raise QAPrunerError(f"--processes {processes} needs one GPU per process and this machine has {gpus}: use "
                             f"--processes {gpus}, or CPU processes with CUDA_VISIBLE_DEVICES=''.")
 
@@ -122,7 +127,7 @@ def init(args) -> None:
         _check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
         from accelerate import PartialState
 
-        cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        cpu = not torch.cuda.is_available() or _cpu_requested()
         _state = PartialState(cpu=cpu, timeout=timedelta(hours=TIMEOUT_HOURS))
     if not is_main():  # progress bars of the libraries too
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
