@@ -56,21 +56,24 @@ experiment-v2-subset: setup-core
 
 # The same on the v7 testbed (word-like visual tokens; docs/testbed.md): the full grid, and its 300-item part
 # (docs/experiment-v7/, the items of docs/experiment-v2, ~95 min).
-experiment-v7: setup-core
-	$(BIN)/qapruner compare --config configs/experiment_v7.toml
-
 experiment-v7-subset: setup-core
 	$(BIN)/qapruner compare --config configs/experiment_v7_subset.toml
 
-# Issue #11 on v7 at 600 items per task (run after experiment-v7: they reuse its host and QA rows by copying
-# its item files in; docs/compare.md).
-reuse_items = mkdir -p $(2)/items && cp -n $(1)/items/*.jsonl $(1)/items/*.summary.json $(2)/items/ 2>/dev/null; true
+# Issue #11 on v7 at 600 items per task. The three runs share rows (same configuration ids): each first copies
+# the finished configurations of the others (their items/ and committed archives, never overwriting; docs/compare.md).
+V7_RUNS := docs/experiment-v7-n600 docs/sensitivity-v7 docs/prune-calibration-v7
+reuse_from = $(filter-out $(1),$(wildcard $(V7_RUNS)))
+reuse_items = $(if $(reuse_from),$(BIN)/python -m qapruner.compare.archive $(1) $(foreach d,$(reuse_from),--restore-from $(d)))
+experiment-v7: setup-core
+	$(call reuse_items,docs/experiment-v7-n600)
+	$(BIN)/qapruner compare --config configs/experiment_v7.toml
+
 sensitivity-v7: setup-core
-	$(call reuse_items,docs/experiment-v7-n600,docs/sensitivity-v7)
+	$(call reuse_items,docs/sensitivity-v7)
 	$(BIN)/qapruner compare --config configs/sensitivity_v7.toml
 
 prune-calibration-v7: setup-core
-	$(call reuse_items,docs/experiment-v7-n600,docs/prune-calibration-v7)
+	$(call reuse_items,docs/prune-calibration-v7)
 	$(BIN)/qapruner compare --config configs/prune_calibration_v7.toml
 
 # The larger committed v1-testbed subset in docs/experiment-n600/ (600 items per task, keep 12.5 %, W4A4 rows only).

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_compare import ENV, FakeBackend, cfg_for, crafted_outcome
 
-from qapruner.compare.archive import ARCHIVE, pack, pack_report, read_records
+from qapruner.compare.archive import ARCHIVE, PARTIAL, checkpoint, pack, pack_report, read_records, restore
 from qapruner.compare.regenerate import regenerate
 from qapruner.compare.pipeline import run_compare
 from qapruner.errors import QAPrunerError
@@ -120,3 +120,48 @@ def test_cli_from_archive_takes_the_directory_only(made, tmp_path):
     args = build_parser().parse_args(["compare", "--from-archive", str(out), "--limit", "3"])
     with pytest.raises(QAPrunerError, match="--from-archive takes the report directory only"):
         args.func(args)
+
+
+# ------------------------------------------------------------------------------- checkpoint and resume
+def test_an_interrupted_run_resumes_from_its_checkpoint_on_a_fresh_clone(made, tmp_path):
+    """A run cut short leaves items.partial.tar.xz; with items/ gone (a fresh clone of a commit holding only
+    the checkpoint), the rerun unpacks it, computes only the rest and gives the uninterrupted run's report."""
+    results, _ = made
+    cfg = cfg_for(tmp_path, out=str(tmp_path / "cut"))
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(cfg, FakeBackend(crafted_outcome, fail_after=4), **QUIET)
+    out = tmp_path / "cut"
+    assert (out / PARTIAL).is_file() and not (out / "results.json").exists()
+    shutil.rmtree(out / "items")
+    backend = FakeBackend(crafted_outcome)
+    res = run_compare(cfg, backend, **QUIET)
+    assert len(backend.evaluated) == len(res["configs"]) - 4 and res["wall"]["configs_reused"] == 4
+    assert res["comparisons"] == results["base"]["comparisons"]
+    assert [c["accuracy"] for c in res["configs"]] == [c["accuracy"] for c in results["base"]["configs"]]
+    assert not (out / PARTIAL).exists()  # finished: the final archive holds everything
+
+
+def test_checkpoint_keeps_what_is_no_longer_on_disk_and_restore_never_overwrites(made, tmp_path):
+    out, res = report(made, tmp_path)
+    ids = [c["id"] for c in res["configs"]]
+    assert checkpoint(out) == len(ids)
+    (out / "items" / f"{ids[0]}.jsonl").unlink()
+    (out / "items" / f"{ids[0]}.summary.json").unlink()
+    assert checkpoint(out) == len(ids)  # the deleted configuration stays in the checkpoint
+    mine = out / "items" / f"{ids[1]}.summary.json"
+    mine.write_text("{}")
+    assert restore(out) == 1 and (out / "items" / f"{ids[0]}.jsonl").is_file()
+    assert mine.read_text() == "{}"
+
+
+def test_cli_restore_from_copies_another_reports_finished_configurations(made, tmp_path, capsys):
+    from qapruner.compare.archive import main
+
+    src, res = report(made, tmp_path)
+    shutil.rmtree(src / "items")  # only the committed archive is left
+    main([str(tmp_path / "new"), "--restore-from", str(src)])
+    assert f"{len(res['configs'])} configurations copied" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "new" / "items").iterdir()) == sorted(
+        f"{c['id']}{s}" for c in res["configs"] for s in (".jsonl", ".summary.json"))
+    with pytest.raises(SystemExit, match="is not a report directory"):
+        main([str(tmp_path / "new"), "--restore-from", str(tmp_path / "nowhere")])

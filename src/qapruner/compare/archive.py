@@ -11,7 +11,12 @@ configuration of ``DIR/results.json``. Members are sorted and their metadata fix
 archive are not copied but referenced there (path relative to DIR). Reading checks every sha256.
 
     python -m qapruner.compare.archive DIR [--share OTHER_DIR ...]   # pack DIR/items/ (a report made before this)
+    python -m qapruner.compare.archive DIR --restore-from OTHER_DIR  # reuse OTHER_DIR's finished configurations
     qapruner compare --from-archive DIR                             # (compare/regenerate.py) rewrite DIR's report
+
+A run that has not finished yet checkpoints what it has into ``DIR/items.partial.tar.xz`` (every few minutes and
+when it stops); committed, that file lets a run on another machine (a fresh clone) resume where this one stopped:
+``compare`` unpacks both archives into ``DIR/items/`` before it plans, never overwriting a file there.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ..errors import QAPrunerError
 from ..io import write_json
 
 ARCHIVE = "items.tar.xz"
+PARTIAL = "items.partial.tar.xz"  # the checkpoint of a run that has not finished
 SUFFIXES = (".jsonl", ".summary.json")  # the two files of one configuration
 
 
@@ -72,6 +78,66 @@ def _on_disk(items_dir: Path, ids: list[str]) -> dict[str, dict[str, bytes]]:
     return out
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # atomic, like write_json
+
+
+def _complete_ids(items_dir: Path) -> list[str]:
+    """Configurations whose two files are in ``items_dir``."""
+    return sorted(p.name[:-len(".summary.json")] for p in items_dir.glob("*.summary.json")
+                  if p.with_name(p.name[:-len(".summary.json")] + ".jsonl").is_file())
+
+
+def _archived(report_dir: Path) -> dict[str, bytes]:
+    """Every member a report directory's archives hold: its final archive, the archives its results.json shares
+    and its checkpoint (sha256 not checked: restoring only fills gaps, and every file is checked by its
+    fingerprint before it is used)."""
+    members: dict[str, bytes] = {}
+    paths = [*(p for p in shares_of(report_dir)), report_dir / ARCHIVE, report_dir / PARTIAL]
+    for path in paths:
+        if path.is_file():
+            members.update(_untar_xz(path))
+    return members
+
+
+def restore(out_dir: str | Path, sources: list[str | Path] = ()) -> int:
+    """Fill ``DIR/items/`` with the finished configurations of DIR's archives and of each source report (its
+    archives and its items/), never overwriting a file there; return how many configurations were added."""
+    out_dir = Path(out_dir)
+    items_dir = out_dir / "items"
+    members = {}
+    for src in [*map(Path, sources), out_dir]:
+        members.update(_archived(src))
+        if src != out_dir and (src / "items").is_dir():
+            members.update({n: b for cid in _complete_ids(src / "items")
+                            for n, b in _on_disk(src / "items", [cid])[cid].items()})
+    added = 0
+    for cid in sorted(_ids(members)):
+        names = [f"items/{cid}{s}" for s in SUFFIXES]
+        targets = [out_dir / n for n in names]
+        if not all(n in members for n in names) or any(t.exists() for t in targets):
+            continue
+        items_dir.mkdir(parents=True, exist_ok=True)
+        for n, t in zip(names, targets):
+            _write_atomic(t, members[n])
+        added += 1
+    return added
+
+
+def checkpoint(out_dir: str | Path) -> int:
+    """Write ``DIR/items.partial.tar.xz``: every complete configuration in DIR/items/, plus those of an earlier
+    checkpoint that are not on disk. Returns how many configurations it holds."""
+    out_dir = Path(out_dir)
+    members = _untar_xz(out_dir / PARTIAL) if (out_dir / PARTIAL).is_file() else {}
+    on_disk = _on_disk(out_dir / "items", _complete_ids(out_dir / "items"))
+    for files in on_disk.values():
+        members.update(files)
+    _write_atomic(out_dir / PARTIAL, _tar_xz(members))
+    return len(_ids(members))
+
+
 def pack(out_dir: str | Path, results: dict, share: list[str | Path] = ()) -> dict:
     """Write DIR/items.tar.xz from DIR/items/ and return results.json's "archive" entry. A configuration whose
     files are byte-identical to members of one of the ``share`` archives is referenced there, not copied."""
@@ -87,9 +153,7 @@ def pack(out_dir: str | Path, results: dict, share: list[str | Path] = ()) -> di
             for cid in same:
                 del files[cid]
     data = _tar_xz({name: b for m in files.values() for name, b in m.items()})
-    tmp = out_dir / (ARCHIVE + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out_dir / ARCHIVE)  # atomic, like write_json
+    _write_atomic(out_dir / ARCHIVE, data)
     return {"file": ARCHIVE, "sha256": sha256(data), **({"shared": shared} if shared else {})}
 
 
@@ -161,7 +225,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("dir", help="report directory (results.json and items/)")
     ap.add_argument("--share", action="append", default=[], metavar="OTHER_DIR",
                     help="another report whose items.tar.xz holds configurations to reference instead of copy")
+    ap.add_argument("--restore-from", action="append", default=[], metavar="OTHER_DIR",
+                    help="instead of packing: copy OTHER_DIR's finished configurations (its items/ and archives) "
+                         "into DIR/items/ where missing")
     args = ap.parse_args(argv)
+    if args.restore_from:
+        missing = [d for d in args.restore_from if not Path(d).is_dir()]
+        if missing:
+            raise SystemExit(f"error: '{missing[0]}' is not a report directory.")
+        print(f"{restore(args.dir, args.restore_from)} configurations copied into {Path(args.dir) / 'items'}")
+        return
     try:
         entry = pack_report(args.dir, args.share)
     except QAPrunerError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from .. import parallel
 from ..eval.store import read_items
 from ..io import write_json
 from ..tasks.base import Task
+from .archive import checkpoint, restore
 from .config import CompareConfig
 from .gallery import gallery_plan, gallery_up_to_date, model_grid, save_gallery
 from .grid import Row, build_grid, model_key
@@ -140,11 +142,33 @@ def finished_summary(items_dir: Path, cid: str, fingerprint: dict) -> dict | Non
     return s if s.get("fingerprint") == json.loads(json.dumps(fingerprint)) else None
 
 
+class Checkpointer:
+    """Packs finished configurations into DIR/items.partial.tar.xz every ``every_s`` seconds and when the run
+    stops, so a run cut short (a session that ends, Ctrl-C) can be committed and resumed on another machine."""
+
+    def __init__(self, out_dir: Path, enabled: bool, every_s: float = 600.0):
+        self.out_dir, self.enabled, self.every_s = out_dir, enabled, every_s
+        self.last = time.monotonic()
+
+    def maybe(self) -> None:
+        if self.enabled and time.monotonic() - self.last >= self.every_s:
+            self.final()
+
+    def final(self) -> None:
+        if self.enabled:
+            checkpoint(self.out_dir)
+            self.last = time.monotonic()
+
+
 def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None, log=print) -> dict:
     """Run every unfinished configuration; return {"tasks", "rows", "configs", "gallery"} (no statistics)."""
     out_dir = Path(out_dir)
     items_dir = out_dir / "items"
     items_dir.mkdir(parents=True, exist_ok=True)
+    if parallel.is_main():  # a committed checkpoint or final archive: resume from it (fills gaps, never overwrites)
+        added = restore(out_dir)
+        if added:
+            log(f"{added} finished configurations unpacked from {out_dir}'s archives into {items_dir}")
     for q in cfg.quant:
         backend.check_preset(q)  # fail on a bad preset before loading anything
     tasks = {}
@@ -169,45 +193,50 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
 
     fp = model = None
     done = 0
+    saver = Checkpointer(out_dir, enabled=bool(todo) and parallel.is_main())
     bar = progress.add_task("configurations", total=len(rows), completed=len(rows) - len(todo)) if progress else None
-    for quant in [None, *cfg.quant]:
-        group = [r for r in todo if r.quant == quant]
-        gallery_here = need_gallery and quant == plan.quant
-        if not group and not gallery_here:
-            continue
-        if fp is None:
-            fp = backend.load_model(cfg.model)
-            backend.check_model(fp, cfg)
-        calibrates = quant is not None and backend.calibrates(quant)
-        by_key: dict[tuple, list[Row]] = {}  # one quantized copy per key, in row order
-        for r in group:
-            by_key.setdefault(model_key(r, cfg, calibrates), []).append(r)
-        gallery_key = model_key(Row(plan.task, quant), cfg, calibrates) if gallery_here else None
-        if gallery_key is not None and gallery_key not in by_key:
-            by_key = {gallery_key: [], **by_key}
-        for key, key_rows in by_key.items():
-            model, qinfo = _prepare(backend, fp, cfg, quant, key, key_rows, tasks, progress, log)
-            for tname, task in tasks.items():
-                task_rows = [r for r in key_rows if r.task == tname]
-                for r in task_rows:
-                    cid = ids[r]
-                    s = backend.evaluate(model, task.blank() if r.blank else task, r.eval_config(cfg),
-                                         items_dir / f"{cid}.jsonl", progress, f"{tname} · {r.label}")
-                    s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo})
-                    if parallel.is_main():
-                        write_json(summary_path(items_dir, cid), s)
-                    summaries[r] = s
-                    done += 1
-                    log(f"[{done}/{len(todo)}] {tname} · {r.label}: accuracy {s['accuracy']:.3f} (n = {s['n']}, "
-                        f"{s['seconds']:.0f} s)")
-                    if progress:
-                        progress.advance(bar)
-                if key == gallery_key and tname == plan.task and parallel.is_main():
-                    items = [it for it in task.items if it.uid in set(plan.uids)]
-                    data = backend.gallery_data(model, task, items, cfg)
-                    save_gallery(gallery_file, plan, cfg, data, items, model_grid(model))
-            backend.release(model)  # at most one quantized copy alive at a time
-            model = None
+    try:
+        for quant in [None, *cfg.quant]:
+            group = [r for r in todo if r.quant == quant]
+            gallery_here = need_gallery and quant == plan.quant
+            if not group and not gallery_here:
+                continue
+            if fp is None:
+                fp = backend.load_model(cfg.model)
+                backend.check_model(fp, cfg)
+            calibrates = quant is not None and backend.calibrates(quant)
+            by_key: dict[tuple, list[Row]] = {}  # one quantized copy per key, in row order
+            for r in group:
+                by_key.setdefault(model_key(r, cfg, calibrates), []).append(r)
+            gallery_key = model_key(Row(plan.task, quant), cfg, calibrates) if gallery_here else None
+            if gallery_key is not None and gallery_key not in by_key:
+                by_key = {gallery_key: [], **by_key}
+            for key, key_rows in by_key.items():
+                model, qinfo = _prepare(backend, fp, cfg, quant, key, key_rows, tasks, progress, log)
+                for tname, task in tasks.items():
+                    task_rows = [r for r in key_rows if r.task == tname]
+                    for r in task_rows:
+                        cid = ids[r]
+                        s = backend.evaluate(model, task.blank() if r.blank else task, r.eval_config(cfg),
+                                             items_dir / f"{cid}.jsonl", progress, f"{tname} · {r.label}")
+                        s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo})
+                        if parallel.is_main():
+                            write_json(summary_path(items_dir, cid), s)
+                        summaries[r] = s
+                        done += 1
+                        log(f"[{done}/{len(todo)}] {tname} · {r.label}: accuracy {s['accuracy']:.3f} (n = {s['n']}, "
+                            f"{s['seconds']:.0f} s)")
+                        saver.maybe()
+                        if progress:
+                            progress.advance(bar)
+                    if key == gallery_key and tname == plan.task and parallel.is_main():
+                        items = [it for it in task.items if it.uid in set(plan.uids)]
+                        data = backend.gallery_data(model, task, items, cfg)
+                        save_gallery(gallery_file, plan, cfg, data, items, model_grid(model))
+                backend.release(model)  # at most one quantized copy alive at a time
+                model = None
+    finally:  # also on Ctrl-C: what finished is in the checkpoint
+        saver.final()
     if progress and bar is not None:
         progress.remove_task(bar)
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..io import write_json
-from .archive import pack, shares_of
+from .archive import PARTIAL, pack, shares_of
 from .config import CompareConfig
 from .orchestrate import Backend, correctness, run_grid
 from .report import build_results, write_reports
@@ -36,6 +36,7 @@ def run_compare(cfg: CompareConfig, backend: Backend | None = None, argv: list[s
     # items/ stays for resuming; the archive is what a committed report keeps (it shares what the old one shared)
     results["archive"] = pack(out_dir, results, shares_of(out_dir))
     write_json(out_dir / "results.json", results)
+    (out_dir / PARTIAL).unlink(missing_ok=True)  # the run finished: the final archive holds everything
     return results
 
 
