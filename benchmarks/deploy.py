@@ -156,7 +156,7 @@ def main() -> None:
             for t in TASKS if args.items else ():
                 r[label][t].pop("correct")
     meta = {"items_per_task": args.items, "threads": 2, "torch": torch.__version__, "prune": PRUNE,
-            "model": f"testbed:{DEFAULT_ASSET}"}
+            "model": f"testbed:{DEFAULT_ASSET}", "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"{'config':10s} {'weights MB':>10s} {'RSS MB':>7s} {'TTFT dense':>10s} {'TTFT pruned':>11s} "
           f"{'decode tok/s':>12s} " + " ".join(f"{t[:8]:>9s} d/p" for t in TASKS))

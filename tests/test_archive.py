@@ -165,3 +165,40 @@ def test_cli_restore_from_copies_another_reports_finished_configurations(made, t
         f"{c['id']}{s}" for c in res["configs"] for s in (".jsonl", ".summary.json"))
     with pytest.raises(SystemExit, match="is not a report directory"):
         main([str(tmp_path / "new"), "--restore-from", str(tmp_path / "nowhere")])
+
+
+def test_report_warns_when_configurations_ran_on_different_cpu_kernels(made, tmp_path):
+    """Configurations resumed on another machine may have run with other CPU kernels (AVX2 vs AVX512)."""
+    from qapruner.compare.report import markdown
+
+    _, res = report(made, tmp_path)
+    assert "different kernels" not in markdown(res, {})
+    for i, c in enumerate(res["configs"]):
+        c["cpu_capability"] = "AVX512" if i % 3 else "AVX2"
+    n2 = sum(1 for i in range(len(res["configs"])) if i % 3 == 0)
+    text = markdown(res, {})
+    assert f"different kernels (AVX2: {n2}, AVX512: {len(res['configs']) - n2})" in text
+
+
+def test_a_quantized_model_half_computed_on_other_cpu_kernels_reruns_whole(made, tmp_path):
+    """Resumed on a machine with other CPU kernels, the rows of a partly finished quantized model all rerun (one
+    model's rows are compared with each other); a fully finished model and the FP rows are kept."""
+    out, res = report(made, tmp_path)
+    quantized = [c for c in res["configs"] if c["quant"]]
+    for c in quantized:  # as if an AVX2 machine had computed every quantized row
+        p = out / "items" / f"{c['id']}.summary.json"
+        p.write_text(json.dumps({**json.loads(p.read_text()), "cpu_capability": "AVX2"}))
+    log = []
+    cfg = cfg_for(tmp_path, out=str(out), alpha=0.7)
+    backend = FakeBackend(crafted_outcome)
+    run_compare(cfg, backend, log=log.append, env=ENV)
+    assert backend.evaluated == []  # complete: kept, whatever it ran on
+    for suffix in (".jsonl", ".summary.json"):
+        (out / "items" / f"{quantized[-1]['id']}{suffix}").unlink()
+    (out / ARCHIVE).unlink()  # else the rerun restores the deleted row from the final archive
+    backend = FakeBackend(crafted_outcome)
+    again = run_compare(cfg, backend, log=log.append, env=ENV)
+    assert len(backend.evaluated) == len(quantized)
+    assert any(f"{len(quantized) - 1} finished configurations of w4a4" in line and "rerunning all" in line
+               for line in log)
+    assert again["comparisons"] == res["comparisons"]

@@ -11,11 +11,18 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def cpu_capability() -> str | None:
+    """The CPU kernels torch dispatches to ("AVX2", "AVX512", ...); None where a GPU runs the model."""
+    return None if torch.cuda.is_available() else torch.backends.cpu.get_cpu_capability()
+
+
 def environment() -> dict:
     import transformers
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
+            # the CPU kernels torch dispatches to (AVX2 / AVX512 ...): float results and timings depend on it
+            "cpu_capability": cpu_capability(),
             "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 

@@ -13,8 +13,6 @@ Everything model-specific goes through a ``Backend`` so the orchestration is tes
 from __future__ import annotations
 
 import gc
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +20,14 @@ import numpy as np
 from .. import parallel
 from ..eval.store import read_items
 from ..io import write_json
+from ..runinfo import cpu_capability
 from ..tasks.base import Task
-from .archive import checkpoint, restore
+from .archive import restore
 from .config import CompareConfig
 from .gallery import gallery_plan, gallery_up_to_date, model_grid, save_gallery
 from .grid import Row, build_grid, model_key
 from .plan import plan_line
+from .resume import Checkpointer, finished_summary, rerun_mixed_kernels, summary_path
 
 
 class Backend:
@@ -126,40 +126,6 @@ class Backend:
             pass
 
 
-def summary_path(items_dir: Path, cid: str) -> Path:
-    return items_dir / f"{cid}.summary.json"
-
-
-def finished_summary(items_dir: Path, cid: str, fingerprint: dict) -> dict | None:
-    """The saved summary of a complete configuration, or None when it must (still) run."""
-    p = summary_path(items_dir, cid)
-    if not p.exists() or not (items_dir / f"{cid}.jsonl").exists():
-        return None
-    try:
-        s = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return None
-    return s if s.get("fingerprint") == json.loads(json.dumps(fingerprint)) else None
-
-
-class Checkpointer:
-    """Packs finished configurations into DIR/items.partial.tar.xz every ``every_s`` seconds and when the run
-    stops, so a run cut short (a session that ends, Ctrl-C) can be committed and resumed on another machine."""
-
-    def __init__(self, out_dir: Path, enabled: bool, every_s: float = 600.0):
-        self.out_dir, self.enabled, self.every_s = out_dir, enabled, every_s
-        self.last = time.monotonic()
-
-    def maybe(self) -> None:
-        if self.enabled and time.monotonic() - self.last >= self.every_s:
-            self.final()
-
-    def final(self) -> None:
-        if self.enabled:
-            checkpoint(self.out_dir)
-            self.last = time.monotonic()
-
-
 def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None, log=print) -> dict:
     """Run every unfinished configuration; return {"tasks", "rows", "configs", "gallery"} (no statistics)."""
     out_dir = Path(out_dir)
@@ -180,6 +146,8 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
     rows = build_grid(cfg)
     ids = {r: r.config_id(cfg) for r in rows}
     summaries = {r: finished_summary(items_dir, ids[r], r.fingerprint(cfg)) for r in rows}
+    if parallel.is_main():
+        rerun_mixed_kernels(rows, summaries, ids, items_dir, cfg, backend, log)
     plan = gallery_plan(cfg, tasks)
     gallery_file = out_dir / "gallery" / "data.json"
     need_gallery = plan is not None and not gallery_up_to_date(gallery_file, plan, cfg)
@@ -219,7 +187,8 @@ def run_grid(cfg: CompareConfig, backend: Backend, out_dir: Path, progress=None,
                         cid = ids[r]
                         s = backend.evaluate(model, task.blank() if r.blank else task, r.eval_config(cfg),
                                              items_dir / f"{cid}.jsonl", progress, f"{tname} · {r.label}")
-                        s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo})
+                        s.update({"config_id": cid, "fingerprint": r.fingerprint(cfg), "quant_info": qinfo,
+                                  "cpu_capability": cpu_capability()})
                         if parallel.is_main():
                             write_json(summary_path(items_dir, cid), s)
                         summaries[r] = s

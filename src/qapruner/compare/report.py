@@ -22,6 +22,7 @@ def build_results(cfg: CompareConfig, grid: dict, corr: dict, env: dict, argv: l
     for c in grid["configs"]:
         s = c["summary"]
         configs.append({"id": c["id"], **c["row"], **{k: s.get(k) for k in SUMMARY_KEYS},
+                        **({"cpu_capability": s["cpu_capability"]} if s.get("cpu_capability") else {}),
                         "items_file": f"items/{c['id']}.jsonl"})
     comps = qa_vs_host(grid["configs"], corr, cfg.bootstrap_reps, cfg.seed)
     calib = pruned_vs_dense_calibration(grid["configs"], corr, cfg.bootstrap_reps, cfg.seed)
@@ -192,6 +193,23 @@ def _sensitivity_text(cfg: dict) -> str:
                      for x in swept_sensitivities(cfg))
 
 
+def _isa(env: dict) -> str:
+    """" (AVX512)" when recorded: float results and timings depend on the CPU kernels (docs/compare.md)."""
+    return f" ({env['cpu_capability']})" if env.get("cpu_capability") else ""
+
+
+def _mixed_isa(results: dict) -> list[str]:
+    """A warning when the configurations were computed with different CPU kernels (recorded per configuration
+    since the checkpointed runs that span machines)."""
+    isas = [c.get("cpu_capability") for c in results["configs"]]
+    counts = {k or "not recorded": isas.count(k) for k in dict.fromkeys(isas)}
+    if len(counts) < 2 or all(k is None for k in isas):
+        return []
+    return ["Configurations were computed on CPUs with different kernels ("
+            + ", ".join(f"{k}: {n}" for k, n in counts.items()) + "). Float reductions differ between them, so a "
+            "near-tie answer can flip: paired differences between such rows carry that noise too.", ""]
+
+
 def markdown(results: dict, plots: dict[str, str]) -> str:
     cfg = results["config"]
     k = results["paper_keep"]
@@ -206,7 +224,8 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
          "calibration sample, bootstrap).", "",
          f"Command: `{results['command']}`", "",
          f"Environment: python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
-         f"{env.get('device')}, {env.get('cpu_threads')} threads. Created {results['created']}.", ""]
+         f"{env.get('device')}{_isa(env)}, {env.get('cpu_threads')} threads. Created {results['created']}.", ""]
+    L += _mixed_isa(results)
     wall = results.get("wall")
     if wall and wall.get("seconds") is not None:
         L += [f"Wall time of this invocation (grid and statistics, before plots): {wall['seconds'] / 60:.1f} min; "
