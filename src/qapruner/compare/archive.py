@@ -84,10 +84,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)  # atomic, like write_json
 
 
-def _complete_ids(items_dir: Path) -> list[str]:
-    """Configurations whose two files are in ``items_dir``."""
-    return sorted(p.name[:-len(".summary.json")] for p in items_dir.glob("*.summary.json")
-                  if p.with_name(p.name[:-len(".summary.json")] + ".jsonl").is_file())
+def _disk_members(items_dir: Path) -> dict[str, bytes]:
+    """{member name: bytes} of every complete configuration (both files present) in ``items_dir``."""
+    ids = [p.name[:-len(".summary.json")] for p in items_dir.glob("*.summary.json")]
+    return {name: b for files in _on_disk(items_dir, ids).values() for name, b in files.items()}
 
 
 def _archived(report_dir: Path) -> dict[str, bytes]:
@@ -110,9 +110,8 @@ def restore(out_dir: str | Path, sources: list[str | Path] = ()) -> int:
     members = {}
     for src in [*map(Path, sources), out_dir]:
         members.update(_archived(src))
-        if src != out_dir and (src / "items").is_dir():
-            members.update({n: b for cid in _complete_ids(src / "items")
-                            for n, b in _on_disk(src / "items", [cid])[cid].items()})
+        if src != out_dir:
+            members.update(_disk_members(src / "items"))
     added = 0
     for cid in sorted(_ids(members)):
         names = [f"items/{cid}{s}" for s in SUFFIXES]
@@ -131,9 +130,7 @@ def checkpoint(out_dir: str | Path) -> int:
     checkpoint that are not on disk. Returns how many configurations it holds."""
     out_dir = Path(out_dir)
     members = _untar_xz(out_dir / PARTIAL) if (out_dir / PARTIAL).is_file() else {}
-    on_disk = _on_disk(out_dir / "items", _complete_ids(out_dir / "items"))
-    for files in on_disk.values():
-        members.update(files)
+    members.update(_disk_members(out_dir / "items"))
     _write_atomic(out_dir / PARTIAL, _tar_xz(members))
     return len(_ids(members))
 
