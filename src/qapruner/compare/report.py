@@ -203,7 +203,7 @@ def _mixed_isa(results: dict) -> list[str]:
     since the checkpointed runs that span machines)."""
     isas = [c.get("cpu_capability") for c in results["configs"]]
     counts = {k or "not recorded": isas.count(k) for k in dict.fromkeys(isas)}
-    if len(counts) < 2 or all(k is None for k in isas):
+    if len(counts) < 2:
         return []
     return ["Configurations were computed on CPUs with different kernels ("
             + ", ".join(f"{k}: {n}" for k, n in counts.items()) + "). Float reductions differ between them, so a "
