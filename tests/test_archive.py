@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from test_compare import ENV, FakeBackend, cfg_for, crafted_outcome
 from qapruner.compare.archive import ARCHIVE, PARTIAL, checkpoint, pack, pack_report, read_records, restore
 from qapruner.compare.regenerate import regenerate
 from qapruner.compare.pipeline import run_compare
+from qapruner import cli
 from qapruner.errors import QAPrunerError
 
 QUIET = dict(log=lambda *a: None, env=ENV)
@@ -139,6 +142,30 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_on_a_fresh_clone(made, t
     assert res["comparisons"] == results["base"]["comparisons"]
     assert [c["accuracy"] for c in res["configs"]] == [c["accuracy"] for c in results["base"]["configs"]]
     assert not (out / PARTIAL).exists()  # finished: the final archive holds everything
+
+
+class TerminatedBackend(FakeBackend):
+    """Sends this process a real SIGTERM (``kill PID``) during its fifth evaluation."""
+
+    def evaluate(self, *args, **kwargs):
+        if len(self.evaluated) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+            raise AssertionError("SIGTERM did not stop the run")
+        return super().evaluate(*args, **kwargs)
+
+
+def test_sigterm_stops_compare_like_ctrl_c_and_leaves_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """`kill PID` on a background run (where the shell ignores SIGINT for it) exits 143 through the same
+    path as Ctrl-C: the four finished configurations are in the checkpoint, and the handler is restored."""
+    cfg = cfg_for(tmp_path, out=str(tmp_path / "cut"))
+    monkeypatch.setattr("qapruner.commands.compare.run", lambda args: run_compare(cfg, TerminatedBackend(), **QUIET))
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["compare"]) == 143
+    assert "qapruner: terminated; finished items are saved" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
+    shutil.rmtree(tmp_path / "cut" / "items")
+    assert (tmp_path / "cut" / PARTIAL).is_file() and restore(tmp_path / "cut") == 4  # written on stop
 
 
 def test_checkpoint_keeps_what_is_no_longer_on_disk_and_restore_never_overwrites(made, tmp_path):

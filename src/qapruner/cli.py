@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from contextlib import contextmanager
 
 from .commands import compare, generate, perplexity, quantize, train
 from .commands import eval as evaluate
@@ -21,6 +23,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a job scheduler, a session that ends) stops a run like Ctrl-C: the ``finally``
+    blocks run, so finished items are saved and compare writes its checkpoint (docs/compare.md)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextmanager
+def _sigterm_stops_cleanly():
+    def stop(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import parallel
 
@@ -31,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if parallel.wants_launch(args):  # --processes N: N workers through accelerate, each runs ARGV
             return parallel.launch(argv, args)
         parallel.init(args)  # a launched worker joins its process group; the thread count is set
-        rc = int(args.func(args) or 0)
+        with _sigterm_stops_cleanly():
+            rc = int(args.func(args) or 0)
         parallel.finish()
         return rc
     except QAPrunerError as exc:
@@ -39,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             who = f" (process {parallel.rank()})" if not parallel.is_main() else ""
             print(f"qapruner: error{who}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if parallel.is_main() and not parallel.launched_by_qapruner():  # (then the launcher says it)
-            print("qapruner: interrupted; finished items are saved and a rerun resumes.", file=sys.stderr)
-        return 130
+            how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            print(f"qapruner: {how}; finished items are saved and a rerun resumes.", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":
