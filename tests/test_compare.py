@@ -372,6 +372,19 @@ def test_shared_calibration_quantizes_once_per_preset(tmp_path):
         cfg_for(tmp_path, calibration="joint")
 
 
+def test_calib_seed_changes_the_ids_of_calibrated_rows_only(tmp_path):
+    base = cfg_for(tmp_path, quant="w4a4,w4a8-gptq", hosts="cls", keeps="0.125")
+    other = cfg_for(tmp_path, quant="w4a4,w4a8-gptq", hosts="cls", keeps="0.125", calib_seed=7)
+    same = cfg_for(tmp_path, quant="w4a4,w4a8-gptq", hosts="cls", keeps="0.125", calib_seed=0)  # = seed
+    rows = build_grid(base)
+    assert [r.config_id(same) for r in rows] == [r.config_id(base) for r in rows]
+    changed = {r for r in rows if r.config_id(other) != r.config_id(base)}
+    assert changed == {r for r in rows if r.quant == "w4a8-gptq"}  # FP and RTN calibrate nothing
+    run_compare(cfg_for(tmp_path, quant="w4a8-gptq", hosts="cls", keeps="0.125", calib_seed=7, gallery=0),
+                FakeBackend(), log=lambda *a: None, env=ENV)
+    assert "random host, bootstrap), calibration sample seed 7." in (tmp_path / "cmp" / "report.md").read_text()
+
+
 def test_calibration_sources_share_out_the_samples(monkeypatch):
     from qapruner.eval import prepare
     from qapruner.eval.prepare import calibration_sources

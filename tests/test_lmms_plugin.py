@@ -112,6 +112,7 @@ def choice_mode_nll(model: Path, task_name: str, preset: str, calib_samples: int
     ({"alpha": 0.5, "prune": "cls", "keep": 0.5, "qa": True, "colour": "red"}, "Unknown model_args key(s) colour"),
     ({"calib": "mnist"}, "Unknown task 'mnist'"),
     ({"batch_size": "0"}, "model_args batch_size=0 must be a positive integer."),
+    ({"calib_seed": "-1"}, "model_args calib_seed='-1' must be"),
 ])
 def test_bad_model_args_fail_in_one_sentence(args, message):
     with pytest.raises(QAPrunerError) as exc:
@@ -125,6 +126,8 @@ def test_model_args_as_lmms_eval_passes_them():
     assert o.config.preset == "w4a4-rot-gptq" and o.config.model == "testbed:v7" and o.config.batch_size == 16
     assert (o.config.prune.host, o.config.prune.keep, o.config.prune.qa, o.config.prune.alpha) == ("cdpruner", 0.25, True, "dynamic")
     assert o.calib is None and o.feature_cache
+    assert o.config.calib_seed is None and o.config.calibration_seed == 0
+    assert parse_options({"model": "testbed", "calib_seed": "3"}).config.calibration_seed == 3
 
 
 # ---- the engine (no lmms-eval): PIL images, several-token continuations -----------------------------------------

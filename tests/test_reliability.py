@@ -34,16 +34,20 @@ def test_every_eval_option_is_part_of_the_resolved_config():
 
 def test_resume_key_holds_every_field_but_the_declared_ones():
     cfg = EvalConfig(quant="w4a4-static", mode="generate", batch_size=8, calib_tasks=("easy-vqa", "shapes"),
-                     prune=PruneConfig("cls", 0.25), calib_pruned=True)
+                     prune=PruneConfig("cls", 0.25), calib_pruned=True, calib_seed=5)
     assert set(cfg.key()) == {f.name for f in fields(EvalConfig)} - set(EvalConfig.NOT_IN_KEY)
     base = cfg.key()
     for change in ({"blank_image": True}, {"calib_samples": 8}, {"seed": 1}, {"limit": 5}, {"max_new_tokens": 3},
                    {"prune": PruneConfig("cls", 0.5, qa=True, alpha="dynamic")}, {"model": "testbed:x"},
-                   {"batch_size": 3}, {"calib_tasks": ("shapes",)}, {"calib_pruned": False}):
+                   {"batch_size": 3}, {"calib_tasks": ("shapes",)}, {"calib_pruned": False},
+                   {"calib_seed": 6}):
         assert EvalConfig(**{**cfg.describe(), "quant": "w4a4-static", "prune": cfg.prune, **change}).key() != base, change
     # the default batch size (16), per-task and all-token calibration are left out: the keys of runs made before them
     plain = EvalConfig(quant="w4a4-static").key()
     assert "batch_size" not in plain and "calib_tasks" not in plain and "calib_pruned" not in plain
+    # a calibration seed equal to the subset's seed is the run of before the option; FP calibrates nothing
+    assert "calib_seed" not in plain and EvalConfig(quant="w4a4-static", calib_seed=0).key() == plain
+    assert EvalConfig(calib_seed=3).key() == EvalConfig().key()
     assert EvalConfig(quant="w4a4-static", batch_size=3).key() != plain
     # options a run does not use do not split it: calibration size without a calibrating preset
     assert EvalConfig(calib_samples=4).key() == EvalConfig(calib_samples=8).key()
@@ -64,6 +68,26 @@ def test_blank_image_and_calibration_runs_never_reuse_other_items(tiny_llava_dir
     assert _eval(tiny_llava_dir, tiny_jsonl, tmp_path / "s.json", "--quant", "w4a8-static",
                  "--calib-samples", "4") == 2
     assert "different configuration" in capsys.readouterr().err
+
+
+def test_calib_seed_draws_another_calibration_sample_on_the_same_items(tiny_llava_dir, tiny_jsonl, tmp_path, capsys,
+                                                                        monkeypatch):
+    from qapruner.eval import prepare
+
+    seeds, real = [], prepare.calibration_inputs
+    monkeypatch.setattr(prepare, "calibration_inputs", lambda *a, **kw: seeds.append(a[3]) or real(*a, **kw))
+    out = tmp_path / "s.json"
+    assert _eval(tiny_llava_dir, tiny_jsonl, out, "--quant", "w4a8-static", "--calib-samples", "2") == 0
+    assert _eval(tiny_llava_dir, tiny_jsonl, out, "--quant", "w4a8-static", "--calib-samples", "2",
+                 "--calib-seed", "0") == 0  # = --seed: the same run, resumed (nothing recomputed)
+    assert _eval(tiny_llava_dir, tiny_jsonl, out, "--quant", "w4a8-static", "--calib-samples", "2",
+                 "--calib-seed", "3") == 2
+    assert "different configuration" in capsys.readouterr().err
+    assert _eval(tiny_llava_dir, tiny_jsonl, tmp_path / "t.json", "--quant", "w4a8-static", "--calib-samples", "2",
+                 "--calib-seed", "3") == 0
+    assert seeds == [0, 0, 3]
+    first = json.loads(out.read_text())
+    assert json.loads((tmp_path / "t.json").read_text())["n"] == first["n"]
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -27,6 +27,8 @@ def add_model_task_args(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the subset, calibration sample and random host")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--calib-samples", type=int, default=32, help="calibration items for GPTQ / static scales")
+    p.add_argument("--calib-seed", type=int, default=None,
+                   help="seed of the calibration sample alone (default: --seed): another quantized copy, same items")
 
 
 def check_writable(path: str | Path) -> None:

@@ -50,7 +50,8 @@ def add_parser(sub) -> None:
 
 
 CLI_KEYS = ("model", "tasks", "quant", "dtype", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "relevance", "fp_pruned",
-            "blank", "prune_calibration", "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples")
+            "blank", "prune_calibration", "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples",
+            "calib_seed")
 
 
 def config_from_args(args):

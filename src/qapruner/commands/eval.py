@@ -60,12 +60,14 @@ def eval_config(args):
 
     return EvalConfig(model=args.model, task=args.task, limit=args.limit, seed=args.seed,
                       blank_image=args.blank_image, quant=args.quant, calib_samples=args.calib_samples,
+                      calib_seed=args.calib_seed,
                       prune=prune_config(args), mode=args.mode, batch_size=args.batch_size, dtype=args.dtype,
                       real=args.real, calib_pruned=args.calib_pruned)
 
 
 def run(args) -> int:
     from ..eval.runner import Evaluator
+    from ..eval.store import check_config
     from ..io import write_json
     from ..models.registry import check_model_spec, load_model
     from ..runinfo import config_hash, environment
@@ -73,7 +75,8 @@ def run(args) -> int:
 
     cfg = eval_config(args)
     out = Path(args.out) if args.out else Path("runs") / f"eval-{config_hash(cfg.key())}.json"
-    check_writable(out)  # the cheap checks first: where results go, whether the model exists
+    check_writable(out)  # the cheap checks first: where results go, whether they resume, whether the model exists
+    check_config(out.with_suffix(".items.jsonl"), cfg.key())
     check_model_spec(cfg.model)
     task = load_task(cfg.task).subset(cfg.limit, cfg.seed)
     if cfg.blank_image:
@@ -84,7 +87,8 @@ def run(args) -> int:
     quant_info = None
     with parallel.progress_bar() as progress:
         if cfg.quant is not None:
-            adapter, quant_info = parallel.quantized_copy(adapter, cfg.quant, task, cfg.calib_samples, cfg.seed,
+            adapter, quant_info = parallel.quantized_copy(adapter, cfg.quant, task, cfg.calib_samples,
+                                                          cfg.calibration_seed,
                                                           progress=progress,
                                                           calib_prune=cfg.prune if cfg.calib_pruned else None)
         if cfg.real:

@@ -55,6 +55,8 @@ class CompareConfig:
     max_new_tokens: int = 10
     batch_size: int = 16
     calib_samples: int = 32
+    calib_seed: int | None = None      # which calibration items (None: `seed`); varying it alone gives another
+                                       # quantized copy of each calibrating preset on the same items
     calibration: str = "per-task"      # per-task: a calibrating preset (GPTQ, static scales) is quantized once per
                                        # task, on its training split; shared: once per preset, on all the tasks'
                                        # training splits (calib_samples shared out), like one deployed model

@@ -66,7 +66,8 @@ class Backend:
     def quantize(self, adapter, preset: str, task, cfg: CompareConfig, progress=None, calib_prune=None):
         from ..quant import QuantConfig
 
-        return parallel.quantized_copy(adapter, QuantConfig.from_preset(preset), task, cfg.calib_samples, cfg.seed,
+        return parallel.quantized_copy(adapter, QuantConfig.from_preset(preset), task, cfg.calib_samples,
+                                       cfg.seed if cfg.calib_seed is None else cfg.calib_seed,
                                        progress=progress, calib_prune=calib_prune)
 
     def evaluate(self, adapter, task: Task, ecfg, items_path: Path, progress, label: str) -> dict:

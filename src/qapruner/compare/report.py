@@ -198,6 +198,13 @@ def _isa(env: dict) -> str:
     return f" ({env['cpu_capability']})" if env.get("cpu_capability") else ""
 
 
+def _seeds(cfg: dict) -> str:
+    c = cfg.get("calib_seed")
+    if c is None or c == cfg["seed"]:
+        return f"seed {cfg['seed']} (subset, random host, calibration sample, bootstrap)."
+    return f"seed {cfg['seed']} (subset, random host, bootstrap), calibration sample seed {c}."
+
+
 def _mixed_isa(results: dict) -> list[str]:
     """A warning when the configurations were computed with different CPU kernels (recorded per configuration
     since the checkpointed runs that span machines)."""
@@ -220,8 +227,7 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
          f"sensitivity {_sensitivity_text(cfg)} · CDPruner relevance {cfg.get('relevance', 'llm')} · mode {cfg['mode']}"
          f"{' (greedy)' if cfg['mode'] == 'generate' else ' (next-token likelihood of the candidate answers)'}.", "",
          "Items: " + "; ".join(f"{t}: {d['subset']}" for t, d in results["tasks"].items())
-         + f". Every configuration of a task is scored on the same items; seed {cfg['seed']} (subset, random host, "
-         "calibration sample, bootstrap).", "",
+         + f". Every configuration of a task is scored on the same items; " + _seeds(cfg), "",
          f"Command: `{results['command']}`", "",
          f"Environment: python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
          f"{env.get('device')}{_isa(env)}, {env.get('cpu_threads')} threads. Created {results['created']}.", ""]

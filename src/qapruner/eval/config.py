@@ -29,6 +29,7 @@ class EvalConfig:
     blank_image: bool = False  # every image replaced by a blank one (the blind baseline)
     quant: QuantConfig | None = None  # None = FP
     calib_samples: int = 32  # calibration items (GPTQ, static scales, SmoothQuant)
+    calib_seed: int | None = None  # which calibration items; None = `seed` (vary it alone: another quantized copy)
     calib_tasks: tuple[str, ...] | None = None  # calibrate on these tasks' training splits together; None = `task`'s
     calib_pruned: bool = False  # calibrate on the token sets `prune` keeps (prune-aware calibration), not all tokens
     prune: PruneConfig | None = None  # None = all visual tokens
@@ -50,6 +51,9 @@ class EvalConfig:
             raise QAPrunerError(f"--limit must be a positive number of items, got {self.limit}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise QAPrunerError(f"--seed must be a non-negative integer, got {self.seed!r}.")
+        c = self.calib_seed
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 0):
+            raise QAPrunerError(f"--calib-seed must be a non-negative integer, got {c!r}.")
         if self.mode not in MODES:
             raise QAPrunerError(f"Unknown --mode '{self.mode}'; choose 'choice' or 'generate'.")
         for name in ("batch_size", "calib_samples", "max_new_tokens"):
@@ -90,6 +94,11 @@ class EvalConfig:
                                 f"(0..{adapter.num_layers - 1}).")
 
     @property
+    def calibration_seed(self) -> int:
+        """The seed that draws the calibration items."""
+        return self.seed if self.calib_seed is None else self.calib_seed
+
+    @property
     def preset(self) -> str | None:
         """The quantization preset as the user gave it (canonical form), or None for FP."""
         return self.quant.preset if self.quant is not None else None
@@ -111,7 +120,9 @@ class EvalConfig:
         normalised, so e.g. calibration size does not split FP runs."""
         d = {k: v for k, v in self.describe().items() if k not in self.NOT_IN_KEY}
         if self.quant is None or not self.quant.needs_calibration:
-            d["calib_samples"] = d["calib_tasks"] = None
+            d["calib_samples"] = d["calib_tasks"] = d["calib_seed"] = None
+        if d["calib_seed"] is None or d["calib_seed"] == self.seed:
+            del d["calib_seed"]  # the subset's seed draws the calibration: the key of runs made before the option
         if d["batch_size"] == 16:
             # Left padding with mask-derived positions keeps a row's answer nearly independent of its batch, but not
             # exactly: the padded shapes change float sums by ~1e-7, which can flip a near-tie under activation

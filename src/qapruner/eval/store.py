@@ -64,6 +64,18 @@ def _read(path: Path) -> tuple[dict | None, dict[str, dict], int]:
     return header, rows, end
 
 
+def check_config(path, config: dict) -> None:
+    """Refuse now, before a model is loaded or quantized, an items file that holds another configuration's
+    results (``ItemStore`` checks again under its lock)."""
+    header = _read(Path(path))[0]
+    if header is not None and header["config"] != json.loads(json.dumps(config)):
+        raise _other_config(Path(path))
+
+
+def _other_config(path: Path) -> QAPrunerError:
+    return QAPrunerError(f"'{path}' holds results of a different configuration; remove it or choose another --out.")
+
+
 def read_items(path) -> list[dict]:
     """The finished rows of an items file, one per uid (the first written), without the header. Takes no lock."""
     return list(_read(Path(path))[1].values())
@@ -102,8 +114,7 @@ class ItemStore:
             self.path.write_text(json.dumps({"config": self.config}) + "\n")
             return
         if header["config"] != self.config:
-            raise QAPrunerError(
-                f"'{self.path}' holds results of a different configuration; remove it or choose another --out.")
+            raise _other_config(self.path)
         if self.path.stat().st_size > end:
             os.truncate(self.path, end)
         self.done = rows

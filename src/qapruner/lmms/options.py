@@ -23,6 +23,7 @@ KEYS = {
     "seed": "seed of the random host and of the calibration sample (default 0)",
     "calib": "qapruner task that calibrates GPTQ / static presets (default: the evaluated qapruner task)",
     "calib_samples": "calibration items (default 32)",
+    "calib_seed": "seed of the calibration sample alone (default: seed)",
     "dtype": "float32 (default) | bfloat16 (FP and weight-only presets)",
     "real": "true: real int4 / int8 kernels instead of fake-quant (FP, weight-only, W8A8 presets)",
     "max_new_tokens": "generation length when a task does not set one (default 10, as qapruner eval)",
@@ -55,7 +56,7 @@ def _int(key: str, value) -> int:
         value = int(value)
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    least = 0 if key == "seed" else 1
+    least = 0 if key in ("seed", "calib_seed") else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         what = "a non-negative integer" if key == "seed" else "a positive integer"
         raise QAPrunerError(f"model_args {key}={value!r} must be {what}.")
@@ -110,6 +111,7 @@ def parse_options(args: dict) -> Options:
     mode = "generate" if prune is None or prune.host != "fastv" else "choice"  # fastv: likelihood requests only
     config = EvalConfig(model=model, task="lmms-eval", seed=seed, quant=quant,
                         calib_samples=_int("calib_samples", args.get("calib_samples", 32)), prune=prune, mode=mode,
+                        calib_seed=_int("calib_seed", args["calib_seed"]) if "calib_seed" in args else None,
                         max_new_tokens=_int("max_new_tokens", args.get("max_new_tokens", 10)),
                         dtype=str(args.get("dtype", "float32")), real=_flag("real", args.get("real", False)),
                         batch_size=_batch_size(args.get("batch_size")))
