@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup setup-core demo test experiment experiment-subset experiment-n600 experiment-v2 experiment-v2-subset \
-	experiment-v7 experiment-v7-subset sensitivity-v7 prune-calibration-v7 train clean-cache
+	experiment-v7 experiment-v7-subset sensitivity-v7 prune-calibration-v7 calib-seeds-v7 train clean-cache
 
 # `setup` is everything (tests, lmms-eval); `setup-core` only what the demo and experiments run on (faster on a fresh clone).
 setup: $(STAMP) $(FASHION)
@@ -75,6 +75,19 @@ sensitivity-v7: setup-core
 prune-calibration-v7: setup-core
 	$(call reuse_items,docs/prune-calibration-v7)
 	$(BIN)/qapruner compare --config configs/prune_calibration_v7.toml
+
+# The calibration draw's share of a result: W4A4-rot-GPTQ recalibrated with each seed of CALIB_SEEDS (seed 0 is
+# docs/sensitivity-v7), cdpruner / QA-cdpruner, the same 600 items per task; one report per seed, then the spread.
+CALIB_SEEDS ?= 1 2 3 4
+CALIB_TASKS ?= shapes,easy-vqa,fashion-mnist
+calib-seeds-v7: setup-core
+	set -e; for s in $(CALIB_SEEDS); do \
+	  $(BIN)/python -m qapruner.compare.archive docs/calib-seeds-v7/seed-$$s --restore-from docs/sensitivity-v7; \
+	  $(BIN)/qapruner compare --config configs/calib_seeds_v7.toml --tasks $(CALIB_TASKS) --calib-seed $$s \
+	    --out docs/calib-seeds-v7/seed-$$s; \
+	done
+	$(BIN)/python benchmarks/calib_seeds.py docs/sensitivity-v7 $(foreach s,$(CALIB_SEEDS),docs/calib-seeds-v7/seed-$(s)) \
+	  --out benchmarks/results/calib_seeds_v7.json
 
 # The larger committed v1-testbed subset in docs/experiment-n600/ (600 items per task, keep 12.5 %, W4A4 rows only).
 experiment-n600: setup-core

@@ -380,8 +380,9 @@ def test_calib_seed_changes_the_ids_of_calibrated_rows_only(tmp_path):
     assert [r.config_id(same) for r in rows] == [r.config_id(base) for r in rows]
     changed = {r for r in rows if r.config_id(other) != r.config_id(base)}
     assert changed == {r for r in rows if r.quant == "w4a8-gptq"}  # FP and RTN calibrate nothing
-    run_compare(cfg_for(tmp_path, quant="w4a8-gptq", hosts="cls", keeps="0.125", calib_seed=7, gallery=0),
-                FakeBackend(), log=lambda *a: None, env=ENV)
+    res = run_compare(cfg_for(tmp_path, quant="w4a8-gptq", hosts="cls", keeps="0.125", calib_seed=7, gallery=0),
+                      FakeBackend(), log=lambda *a: None, env=ENV)
+    assert res["seeds"] == {"subset": 0, "random_host": 0, "calibration_sample": 7, "bootstrap": 0}
     assert "random host, bootstrap), calibration sample seed 7." in (tmp_path / "cmp" / "report.md").read_text()
 
 
