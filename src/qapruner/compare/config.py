@@ -124,6 +124,11 @@ class CompareConfig:
         """The keep ratio of the Table-1 columns: 12.5 % when swept, else the smallest ratio swept."""
         return PAPER_KEEP if PAPER_KEEP in self.keeps else min(self.keeps)
 
+    @property
+    def calibration_seed(self) -> int:
+        """The seed that draws the calibration items."""
+        return self.seed if self.calib_seed is None else self.calib_seed
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -72,7 +72,8 @@ class Row:
     def eval_config(self, cfg: CompareConfig) -> EvalConfig:
         shared = tuple(cfg.tasks) if cfg.calibration == "shared" and self.quant is not None else None
         return EvalConfig(model=cfg.model, task=self.task, limit=cfg.limit, seed=cfg.seed, quant=self.quant,
-                          calib_samples=cfg.calib_samples, calib_seed=cfg.calib_seed, calib_tasks=shared, prune=self.prune_config(cfg), mode=cfg.mode,
+                          calib_samples=cfg.calib_samples, calib_seed=cfg.calib_seed, calib_tasks=shared,
+                          prune=self.prune_config(cfg), mode=cfg.mode,
                           blank_image=self.blank, calib_pruned=self.calib_pruned,
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                           dtype=cfg.dtype)

@@ -67,7 +67,7 @@ class Backend:
         from ..quant import QuantConfig
 
         return parallel.quantized_copy(adapter, QuantConfig.from_preset(preset), task, cfg.calib_samples,
-                                       cfg.seed if cfg.calib_seed is None else cfg.calib_seed,
+                                       cfg.calibration_seed,
                                        progress=progress, calib_prune=calib_prune)
 
     def evaluate(self, adapter, task: Task, ecfg, items_path: Path, progress, label: str) -> dict:

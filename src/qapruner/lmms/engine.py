@@ -65,7 +65,8 @@ class Engine:
                 from .docs import qapruner_task
 
                 task = qapruner_task(calib)
-            adapter, self.quant_info = quantized_copy(self.base, cfg.quant, task, cfg.calib_samples, cfg.calibration_seed)
+            adapter, self.quant_info = quantized_copy(self.base, cfg.quant, task, cfg.calib_samples,
+                                                      cfg.calibration_seed)
         if cfg.real:
             from ..deploy.runtime import realize
 
