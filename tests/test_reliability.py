@@ -79,15 +79,38 @@ def test_calib_seed_draws_another_calibration_sample_on_the_same_items(tiny_llav
     out = tmp_path / "s.json"
     assert _eval(tiny_llava_dir, tiny_jsonl, out, "--quant", "w4a8-static", "--calib-samples", "2") == 0
     assert _eval(tiny_llava_dir, tiny_jsonl, out, "--quant", "w4a8-static", "--calib-samples", "2",
-                 "--calib-seed", "0") == 0  # = --seed: the same run, resumed (nothing recomputed)
+                 "--calib-seed", "0") == 0  # = --seed: the same, finished run (nothing recomputed or requantized)
     assert _eval(tiny_llava_dir, tiny_jsonl, out, "--quant", "w4a8-static", "--calib-samples", "2",
                  "--calib-seed", "3") == 2
     assert "different configuration" in capsys.readouterr().err
     assert _eval(tiny_llava_dir, tiny_jsonl, tmp_path / "t.json", "--quant", "w4a8-static", "--calib-samples", "2",
                  "--calib-seed", "3") == 0
-    assert seeds == [0, 0, 3]
+    assert seeds == [0, 3]
     first = json.loads(out.read_text())
     assert json.loads((tmp_path / "t.json").read_text())["n"] == first["n"]
+
+
+def test_a_finished_run_is_summarized_again_without_quantizing(tiny_llava_dir, tiny_jsonl, tmp_path, monkeypatch):
+    from qapruner import parallel
+
+    calls, real = [], parallel.quantized_copy
+    monkeypatch.setattr(parallel, "quantized_copy", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    out, items = tmp_path / "q.json", tmp_path / "q.items.jsonl"
+    args = ("--quant", "w4a8-static", "--calib-samples", "2", "--limit", "6")
+    assert _eval(tiny_llava_dir, tiny_jsonl, out, *args) == 0
+    first = json.loads(out.read_text())
+    assert calls == [1]
+    assert _eval(tiny_llava_dir, tiny_jsonl, out, *args) == 0  # finished: no second quantization
+    again = json.loads(out.read_text())
+    assert calls == [1]
+    assert again["correct"] == first["correct"] and again["quant_info"] == first["quant_info"]
+    lines = items.read_text().splitlines()
+    items.write_text("\n".join(lines[:-1]) + "\n")  # one item missing: it quantizes again and computes that one
+    assert _eval(tiny_llava_dir, tiny_jsonl, out, *args) == 0
+    assert calls == [1, 1] and items.read_text().splitlines() == lines
+    out.unlink()  # the summary gone, the items complete: no quantization, and the record says so
+    assert _eval(tiny_llava_dir, tiny_jsonl, out, *args) == 0
+    assert calls == [1, 1] and "not quantized again" in json.loads(out.read_text())["quant_info"]["note"]
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -67,7 +68,7 @@ def eval_config(args):
 
 def run(args) -> int:
     from ..eval.runner import Evaluator
-    from ..eval.store import check_config
+    from ..eval.store import check_config, is_complete
     from ..io import write_json
     from ..models.registry import check_model_spec, load_model
     from ..runinfo import config_hash, environment
@@ -84,21 +85,12 @@ def run(args) -> int:
     with parallel.main_first():  # several processes: the main one downloads / converts first
         adapter = load_model(cfg.model)
     cfg.check_model(adapter)
-    quant_info = None
+    finished = is_complete(out.with_suffix(".items.jsonl"), cfg.key(), [it.uid for it in task.items])
     with parallel.progress_bar() as progress:
-        if cfg.quant is not None:
-            adapter, quant_info = parallel.quantized_copy(adapter, cfg.quant, task, cfg.calib_samples,
-                                                          cfg.calibration_seed,
-                                                          progress=progress,
-                                                          calib_prune=cfg.prune if cfg.calib_pruned else None)
-        if cfg.real:
-            from ..deploy.runtime import realize
-
-            quant_info = dict(quant_info or {}, kernels=realize(adapter))
-        elif cfg.dtype != "float32":
-            import torch
-
-            adapter = adapter.cast(getattr(torch, cfg.dtype))
+        if finished:  # every item is stored: summarize again without quantizing, keep the earlier record
+            quant_info = _earlier_quant_info(out, cfg)
+        else:
+            adapter, quant_info = _prepare(adapter, cfg, task, progress)
         summary = Evaluator(adapter).run(task, cfg, out.with_suffix(".items.jsonl"), progress)
     if not parallel.is_main():
         return 0  # the main process writes the summary
@@ -117,3 +109,35 @@ def run(args) -> int:
     Console().print(table)
     print(f"wrote {out}")
     return 0
+
+
+def _prepare(adapter, cfg, task, progress):
+    """The model a configuration evaluates: quantized (calibrated on ``task``'s training split), on real
+    kernels, or cast; and the quantization record for the summary."""
+    quant_info = None
+    if cfg.quant is not None:
+        adapter, quant_info = parallel.quantized_copy(adapter, cfg.quant, task, cfg.calib_samples,
+                                                      cfg.calibration_seed, progress=progress,
+                                                      calib_prune=cfg.prune if cfg.calib_pruned else None)
+    if cfg.real:
+        from ..deploy.runtime import realize
+
+        quant_info = dict(quant_info or {}, kernels=realize(adapter))
+    elif cfg.dtype != "float32":
+        import torch
+
+        adapter = adapter.cast(getattr(torch, cfg.dtype))
+    return adapter, quant_info
+
+
+def _earlier_quant_info(out: Path, cfg) -> dict | None:
+    """The quantization record of the summary an earlier run of ``cfg`` wrote to ``out``, if any."""
+    if cfg.quant is None and not cfg.real:
+        return None
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    if isinstance(earlier, dict) and earlier.get("config") == json.loads(json.dumps(cfg.describe())) and earlier.get("quant_info"):
+        return earlier["quant_info"]
+    return {"preset": cfg.preset, "note": "not quantized again: every item was already stored"}

@@ -72,6 +72,16 @@ def check_config(path, config: dict) -> None:
         raise _other_config(Path(path))
 
 
+def is_complete(path, config: dict, uids: list[str]) -> bool:
+    """Whether the items file holds ``config``'s rows of every uid in ``uids`` and no shard a killed multi-process
+    run left behind: then a rerun has nothing to compute, and need not load a quantized model."""
+    path = Path(path)
+    header, rows, _ = _read(path)
+    if header is None or header["config"] != json.loads(json.dumps(config)):
+        return False
+    return not glob.glob(glob.escape(path.name) + ".shard-*", root_dir=path.parent) and all(u in rows for u in uids)
+
+
 def _other_config(path: Path) -> QAPrunerError:
     return QAPrunerError(f"'{path}' holds results of a different configuration; remove it or choose another --out.")
 
