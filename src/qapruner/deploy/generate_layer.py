@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import QAPrunerError
+from ..models.attention import SDPA_LIKE
 from ..models.llava import additive_mask, gather_tokens
 
 
@@ -29,7 +30,7 @@ class _LayerPruning:
     def install(self) -> list:
         a = self.adapter
         impl = getattr(a.parts.lm.config, "_attn_implementation", None)
-        if impl not in (None, "eager", "sdpa"):
+        if impl is not None and impl not in SDPA_LIKE:
             raise QAPrunerError(f"In-LLM (FastV) pruning in generate needs attn_implementation 'sdpa' or 'eager', "
                                 f"got {impl!r}.")
         hooks = [a.parts.lm.register_forward_pre_hook(self._lm_hook, with_kwargs=True)]

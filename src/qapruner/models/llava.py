@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import QAPrunerError
+from .attention import SDPA_LIKE, use_fp32_decode
 from .parts import LMParts, lm_parts
 from .sequence import additive_mask, gather_tokens, pad, position_ids  # noqa: F401  (re-exported)
 
@@ -96,6 +97,8 @@ class LlavaAdapter:
         for module in (parts.projector, parts.lm, parts.head):
             if module is not None:  # a plain causal LM has no projector
                 module.to(dtype)
+        if dtype != torch.float32 and self.device.type == "cpu":
+            use_fp32_decode(parts.lm.config)  # decode steps attend in fp32: 5x faster there (models/attention.py)
         return self
 
     # ---- vision ---------------------------------------------------------------------------------------
@@ -194,7 +197,7 @@ class LlavaAdapter:
     def decoder_state(self, hidden: Tensor, mask: Tensor, pos: Tensor) -> DecoderState:
         lm = self.parts.lm
         impl = getattr(getattr(lm, "config", None), "_attn_implementation", None)
-        if impl is not None and impl not in ("eager", "sdpa"):
+        if impl is not None and impl not in SDPA_LIKE:
             raise QAPrunerError(f"In-LLM pruning needs attn_implementation 'sdpa' or 'eager', got {impl!r}.")
         return DecoderState(hidden, mask, pos, additive_mask(mask, hidden.dtype), lm.rotary_emb(hidden, pos))
 
