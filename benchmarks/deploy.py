@@ -80,7 +80,8 @@ def one(name: str, items: int) -> dict:
         from qapruner.deploy.runtime import realize
 
         kernels = realize(adapter)
-    lm_bytes = sum(tensor_bytes(p) for p in adapter.parts.lm.layers.parameters())
+    layers = adapter.parts.lm.layers
+    lm_bytes = sum(tensor_bytes(t) for t in (*layers.parameters(), *layers.buffers()))  # int4 codes are buffers
     item = task0.items[0]
     feats, cls = FeatureCache(adapter, task0).get([item.image])
     out = {"config": name, "preset": preset, "real": real, "kernels": kernels, "decoder_weight_bytes": lm_bytes}

@@ -40,13 +40,14 @@ def test_real_kernels_match_the_simulation_in_bf16(preset):
 
 
 def test_int4_layer_holds_the_exact_integers():
-    from qapruner.deploy.runtime import int4_weight
+    from qapruner.deploy.runtime import int4_linear
 
     for preset in ("w4a16-g64", "w4a16-asymw-g64"):
         ql = quantize_(tiny_llama(layers=1), preset).model.layers[0].mlp.up_proj
-        w = int4_weight(ql)
+        layer = int4_linear(ql)
+        assert layer.packed.dtype == torch.uint8 and layer.packed.numel() == ql.weight.numel() // 2  # 2 codes a byte
         x = torch.eye(ql.in_features, dtype=torch.bfloat16)  # the layer applied to the identity = its weight^T
-        dq = torch.nn.functional.linear(x, w).float().T
+        dq = layer(x).float().T
         expect = ql.weight.detach().float()
         step = ql.weight_scale.repeat_interleave(ql.weight_group_size, dim=1)  # one code step per element
         # a wrong code is off by at least one step; bf16 scales, zeros and outputs cost a few % of one

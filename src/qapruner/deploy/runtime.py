@@ -3,9 +3,9 @@
 ``realize(adapter)`` (in place) runs the projector and the language model in bf16 and replaces each
 ``QuantLinear`` by a real layer:
 
-* 4-bit weights, activations unquantized (W4A16): torchao's CPU int4 tinygemm kernel
-  (``Int4OpaqueTensor``, bf16 activations) built from the *same integers* the weight method chose (RTN or
-  GPTQ), not re-quantized. tinygemm stores unsigned codes u and a float zero: ``w = (u − 8)·s + z_f``; our
+* 4-bit weights, activations unquantized (W4A16): PyTorch's CPU int4 tinygemm kernel (the one torchao's
+  ``Int4OpaqueTensor`` runs, called directly by ``Int4Linear``; bf16 activations) built from the *same integers*
+  the weight method chose (RTN or GPTQ), not re-quantized. tinygemm stores unsigned codes u and a float zero: ``w = (u − 8)·s + z_f``; our
   grid is ``w = (q − zero)·s``, so ``u = q + c`` (c = 8 for symmetric codes in [−8, 7], else 0) and
   ``z_f = (8 − c − zero)·s``. The integers are exact; scales and zeros are rounded to bf16. Groups of 64 input channels (per-channel scales are
   repeated over the groups; 576 = 9·64 on the testbed). On CUDA the kernel is not available: bf16 instead.
@@ -74,9 +74,32 @@ def _linear(ql: QuantLinear, dtype: torch.dtype) -> nn.Linear:
     return lin
 
 
-def int4_weight(ql: QuantLinear) -> torch.Tensor:
-    """The layer's integer grid as a torchao tinygemm int4 tensor (exact integers, bf16 scales)."""
-    from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
+class Int4Linear(nn.Module):
+    """A linear layer on PyTorch's CPU int4 tinygemm op (``aten._weight_int4pack_mm_for_cpu``), called directly.
+
+    torchao's ``Int4OpaqueTensor`` wraps the same op in a tensor subclass whose Python dispatch costs about 20 µs
+    per call, as much as the matmul itself for a decode step of the testbed's 576-wide layers (measured: 41 µs
+    through the subclass, 21 µs for the op, q_proj, one thread), 210 calls per token. The packed codes and the
+    bf16 scales / zeros are buffers, so ``state_dict`` and ``.to()`` carry them."""
+
+    def __init__(self, packed: torch.Tensor, scale_and_zero: torch.Tensor, in_features: int, out_features: int,
+                 bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("packed", packed)
+        self.register_buffer("scale_and_zero", scale_and_zero)
+        self.bias = nn.Parameter(bias.detach().to(torch.bfloat16), requires_grad=False) if bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, INT4_GROUP, self.scale_and_zero)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+def int4_linear(ql: QuantLinear) -> Int4Linear:
+    """The layer's integer grid as a tinygemm int4 layer (exact integers, bf16 scales and zeros)."""
     from torchao.quantization.utils import pack_tinygemm_scales_and_zeros
 
     q = ql.integer_weight()  # (out, in), w = (q - zero) * scale; q in [-8, 7] (symmetric) or [0, 15]
@@ -90,18 +113,19 @@ def int4_weight(ql: QuantLinear) -> torch.Tensor:
     scale = ql.weight_scale.repeat_interleave(rep, dim=1)
     zf = (8 - c - ql.weight_zero.repeat_interleave(rep, dim=1)) * scale  # so that (u - 8) s + z_f = (q - zero) s
     scale, zf = scale.to(torch.bfloat16), zf.to(torch.bfloat16)
-    return Int4OpaqueTensor(qdata=packed, scale_and_zero=pack_tinygemm_scales_and_zeros(scale, zf, torch.bfloat16),
-                            block_size=[1, INT4_GROUP], shape=ql.weight.shape, act_pre_scale=None)
+    return Int4Linear(packed, pack_tinygemm_scales_and_zeros(scale, zf, torch.bfloat16), ql.in_features,
+                      ql.out_features, ql.bias)
 
 
 def realize_linear(ql: QuantLinear, dtype: torch.dtype = torch.bfloat16) -> RealLinear:
     kind = kind_of(ql)
     if kind == "int4" and ql.weight.device.type != "cpu":
         kind = "bf16"
-    lin = _linear(ql, dtype)
     if kind == "int4":
-        lin.weight = nn.Parameter(int4_weight(ql), requires_grad=False)
-    elif kind == "int8-dynamic":
+        lin = int4_linear(ql)
+    else:
+        lin = _linear(ql, dtype)
+    if kind == "int8-dynamic":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
         wrapper = nn.Sequential(lin)
