@@ -9,8 +9,10 @@ simulation of the same preset. Each configuration runs in its own process, so pe
     python benchmarks/deploy.py --items 200 --out benchmarks/results/deploy.json
     python benchmarks/deploy.py --one w4a16 --items 200       # one configuration (what the driver runs)
     python benchmarks/deploy.py --configs w4a16 sim-w4a16 --items 600 --out benchmarks/results/deploy_w4a16_n600.json
+    python benchmarks/deploy.py --configs fp32 bf16 --items 600 --accuracy-only --out benchmarks/results/deploy_fp_bf16_n600.json
 
-Time only on an idle machine: a second busy process distorts CPU timings 10-70x.
+Time only on an idle machine: a second busy process distorts CPU timings 10-70x. ``--accuracy-only`` skips the
+timings (for a run that shares the machine). bf16 is paired with fp32 as the real presets with their simulation.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def median_time(fn, reps: int = 5) -> float:
     return statistics.median(times)
 
 
-def one(name: str, items: int) -> dict:
+def one(name: str, items: int, timings: bool = True) -> dict:
     from qapruner.eval.config import EvalConfig
     from qapruner.eval.prepare import quantized_copy
     from qapruner.eval.runner import Evaluator
@@ -86,6 +88,9 @@ def one(name: str, items: int) -> dict:
     feats, cls = FeatureCache(adapter, task0).get([item.image])
     out = {"config": name, "preset": preset, "real": real, "kernels": kernels, "decoder_weight_bytes": lm_bytes}
     for label, prune in (("dense", None), ("pruned", Pruner(PruneConfig(**PRUNE)))):
+        if not timings:
+            out[label] = {}
+            continue
         with torch.no_grad():
             visual = adapter.project(feats)
             if prune is not None:
@@ -135,28 +140,33 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=200, help="items per task (seeded, answer-stratified)")
     ap.add_argument("--out", default="benchmarks/results/deploy.json")
     ap.add_argument("--configs", nargs="+", choices=ALL, help="run only these configurations (default: all)")
+    ap.add_argument("--accuracy-only", action="store_true", help="no timings (the machine is shared)")
     args = ap.parse_args()
     if args.one:
         if args.one.startswith("sim-"):  # the fake-quant simulation of a preset, for the paired difference
             CONFIGS[args.one] = (CONFIGS[args.one[4:]][0], False)
-        print(json.dumps(one(args.one, args.items)))
+        print(json.dumps(one(args.one, args.items, timings=not args.accuracy_only)))
         return
     results = {}
     for name in args.configs or [*CONFIGS, *(SIMULATIONS if args.items else [])]:
         print(f"running {name} ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--one", name, "--items", str(args.items)],
+        extra = ["--accuracy-only"] if args.accuracy_only else []
+        proc = subprocess.run([sys.executable, __file__, "--one", name, "--items", str(args.items), *extra],
                               stdout=subprocess.PIPE, text=True, check=True)  # progress goes to stderr
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    for name in [n for n in ("w8a8", "w4a16") if args.items and {n, f"sim-{n}"} <= results.keys()]:
+    reference = {"w8a8": "sim-w8a8", "w4a16": "sim-w4a16", "bf16": "fp32"}  # real path: what it approximates
+    for name, ref in reference.items():
+        if not args.items or not {name, ref} <= results.keys():
+            continue
         for label in ("dense", "pruned"):
             for t in TASKS:
-                results[name][label][t]["vs_simulation"] = paired(results[name][label][t]["correct"],
-                                                                  results[f"sim-{name}"][label][t]["correct"])
+                results[name][label][t]["vs_simulation" if ref.startswith("sim-") else f"vs_{ref}"] = paired(
+                    results[name][label][t]["correct"], results[ref][label][t]["correct"])
     for r in results.values():
         for label in ("dense", "pruned"):
             for t in TASKS if args.items else ():
                 r[label][t].pop("correct")
-    meta = {"items_per_task": args.items, "threads": 2, "torch": torch.__version__, "prune": PRUNE,
+    meta = {"items_per_task": args.items, "threads": 2, "timings": not args.accuracy_only, "torch": torch.__version__, "prune": PRUNE,
             "model": f"testbed:{DEFAULT_ASSET}", "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"{'config':10s} {'weights MB':>10s} {'RSS MB':>7s} {'TTFT dense':>10s} {'TTFT pruned':>11s} "
@@ -164,8 +174,9 @@ def main() -> None:
     for name, r in results.items():
         acc = " ".join(f"{100 * r['dense'][t]['accuracy']:6.1f}/{100 * r['pruned'][t]['accuracy']:<5.1f}"
                        for t in TASKS) if args.items else ""
-        print(f"{name:10s} {r['decoder_weight_bytes'] / 1e6:10.1f} {r['peak_rss_mb']:7.0f} {r['dense']['ttft_s']:10.3f} "
-              f"{r['pruned']['ttft_s']:11.3f} {r['dense']['decode_tokens_per_s']:12.1f} {acc}")
+        speed = (f"{r['dense']['ttft_s']:10.3f} {r['pruned']['ttft_s']:11.3f} {r['dense']['decode_tokens_per_s']:12.1f}"
+                 if "ttft_s" in r["dense"] else f"{'-':>10s} {'-':>11s} {'-':>12s}")
+        print(f"{name:10s} {r['decoder_weight_bytes'] / 1e6:10.1f} {r['peak_rss_mb']:7.0f} {speed} {acc}")
     print(f"wrote {args.out}")
 
 

@@ -54,6 +54,21 @@ def test_int4_layer_holds_the_exact_integers():
         assert bool(((dq - expect).abs() < 0.1 * step).all())
 
 
+def test_int4_layer_computes_exactly_what_torchaos_int4_tensor_computes():
+    """Int4Linear calls the op torchao's Int4OpaqueTensor dispatches to, without the subclass: same outputs, bit
+    for bit, so results of the earlier subclass path stay valid."""
+    from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
+
+    from qapruner.deploy.runtime import INT4_GROUP, int4_linear
+
+    ql = quantize_(tiny_llama(layers=1), "w4a16-g64").model.layers[0].mlp.down_proj
+    layer = int4_linear(ql)
+    w = Int4OpaqueTensor(qdata=layer.packed, scale_and_zero=layer.scale_and_zero, block_size=[1, INT4_GROUP],
+                         shape=ql.weight.shape, act_pre_scale=None)
+    x = torch.randn(2, 5, ql.in_features, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, w))
+
+
 def test_activation_presets_without_a_kernel_are_refused():
     fake = quantize_(tiny_llama(layers=1), "w4a4")
     with pytest.raises(QAPrunerError, match="No real kernel"):
