@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--relevance", default=None, metavar="llm|clip:MODEL", help=RELEVANCE_HELP)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="execution dtype of the projector and LLM (bfloat16: FP / weight-only presets only)")
+    p.add_argument("--gemm", default=None, choices=["float", "integer"],
+                   help="W·A fake-quant rows: float (fp32 GEMM of the dequantized operands, default) or integer (the "
+                        "same codes in an exact int8 GEMM, scaled after: faster, equal up to fp32 rounding)")
     p.add_argument("--no-fp-pruned", dest="fp_pruned", action="store_const", const=False, default=None,
                    help="skip the FP + host reference rows")
     p.add_argument("--no-blank", dest="blank", action="store_const", const=False, default=None,
@@ -49,7 +52,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run, model=None, task=None, seed=None, batch_size=None, calib_samples=None)
 
 
-CLI_KEYS = ("model", "tasks", "quant", "dtype", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "relevance", "fp_pruned",
+CLI_KEYS = ("model", "tasks", "quant", "dtype", "gemm", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "relevance", "fp_pruned",
             "blank", "prune_calibration", "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples",
             "calib_seed")
 
