@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .. import parallel
 from ..errors import QAPrunerError
-from .common import RELEVANCE_HELP, SENSITIVITY_HELP, add_model_task_args, check_writable
+from .common import GEMM_HELP, RELEVANCE_HELP, SENSITIVITY_HELP, add_model_task_args, check_writable
 
 
 def add_parser(sub) -> None:
@@ -33,9 +33,7 @@ def add_parser(sub) -> None:
                    help="choice: next-token likelihood over candidate answers; generate: greedy decode + parse")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="execution dtype of the projector and language model (bfloat16: FP / weight-only presets)")
-    p.add_argument("--gemm", default="float", choices=["float", "integer"],
-                   help="W·A presets: float (fp32 GEMM of the dequantized operands) or integer (the same codes in an "
-                        "exact int8 GEMM, scaled after: faster, equal up to fp32 rounding)")
+    p.add_argument("--gemm", default="float", choices=["float", "integer"], help=GEMM_HELP)
     p.add_argument("--real", action="store_true",
                    help="real kernels instead of fake-quant: int4 weights (W4A16), int8 dynamic (W8A8), bf16 otherwise")
     p.add_argument("--blank-image", action="store_true",
