@@ -8,6 +8,8 @@ from pathlib import Path
 from ..errors import QAPrunerError
 
 
+GEMM_HELP = ("W·A presets: float (fp32 GEMM of the dequantized operands, default) or integer (the same codes in "
+             "an exact int8 GEMM, scaled after: faster, equal up to fp32 rounding)")
 SENSITIVITY_HELP = ("S^Q of the QA variant: paper (default: simulated INT4/G128 error and span, the paper's formula), "
                     "matched (the deployed quantizer's error), norm (the L2 norm of each projected token, the "
                     "authors' released code)")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import parallel
-from .common import RELEVANCE_HELP, SENSITIVITY_HELP, add_model_task_args
+from .common import GEMM_HELP, RELEVANCE_HELP, SENSITIVITY_HELP, add_model_task_args
 
 
 def add_parser(sub) -> None:
@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--relevance", default=None, metavar="llm|clip:MODEL", help=RELEVANCE_HELP)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="execution dtype of the projector and LLM (bfloat16: FP / weight-only presets only)")
+    p.add_argument("--gemm", default=None, choices=["float", "integer"], help=GEMM_HELP)
     p.add_argument("--no-fp-pruned", dest="fp_pruned", action="store_const", const=False, default=None,
                    help="skip the FP + host reference rows")
     p.add_argument("--no-blank", dest="blank", action="store_const", const=False, default=None,
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run, model=None, task=None, seed=None, batch_size=None, calib_samples=None)
 
 
-CLI_KEYS = ("model", "tasks", "quant", "dtype", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "relevance", "fp_pruned",
+CLI_KEYS = ("model", "tasks", "quant", "dtype", "gemm", "hosts", "keeps", "alpha", "sensitivity", "mode", "layer_k", "relevance", "fp_pruned",
             "blank", "prune_calibration", "gallery", "bootstrap_reps", "out", "limit", "seed", "batch_size", "calib_samples",
             "calib_seed")
 

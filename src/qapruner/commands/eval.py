@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .. import parallel
 from ..errors import QAPrunerError
-from .common import RELEVANCE_HELP, SENSITIVITY_HELP, add_model_task_args, check_writable
+from .common import GEMM_HELP, RELEVANCE_HELP, SENSITIVITY_HELP, add_model_task_args, check_writable
 
 
 def add_parser(sub) -> None:
@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
                    help="choice: next-token likelihood over candidate answers; generate: greedy decode + parse")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="execution dtype of the projector and language model (bfloat16: FP / weight-only presets)")
+    p.add_argument("--gemm", default="float", choices=["float", "integer"], help=GEMM_HELP)
     p.add_argument("--real", action="store_true",
                    help="real kernels instead of fake-quant: int4 weights (W4A16), int8 dynamic (W8A8), bf16 otherwise")
     p.add_argument("--blank-image", action="store_true",
@@ -62,7 +63,7 @@ def eval_config(args):
     return EvalConfig(model=args.model, task=args.task, limit=args.limit, seed=args.seed,
                       blank_image=args.blank_image, quant=args.quant, calib_samples=args.calib_samples,
                       calib_seed=args.calib_seed,
-                      prune=prune_config(args), mode=args.mode, batch_size=args.batch_size, dtype=args.dtype,
+                      prune=prune_config(args), mode=args.mode, batch_size=args.batch_size, dtype=args.dtype, gemm=args.gemm,
                       real=args.real, calib_pruned=args.calib_pruned)
 
 
@@ -119,6 +120,10 @@ def _prepare(adapter, cfg, task, progress):
         adapter, quant_info = parallel.quantized_copy(adapter, cfg.quant, task, cfg.calib_samples,
                                                       cfg.calibration_seed, progress=progress,
                                                       calib_prune=cfg.prune if cfg.calib_pruned else None)
+    if cfg.gemm == "integer":
+        from ..quant.integer_gemm import use_integer_gemm
+
+        quant_info = dict(quant_info or {}, integer_gemm_layers=use_integer_gemm(adapter.model))
     if cfg.real:
         from ..deploy.runtime import realize
 

@@ -63,6 +63,7 @@ class CompareConfig:
     prune_calibration: bool = False    # also run every Wq + host / QA-host row of a calibrating preset on a model
                                        # calibrated on that row's pruned token sets (not fastv, not matched S^Q)
     dtype: str = "float32"             # float32 | bfloat16 (FP and weight-only presets; see EvalConfig)
+    gemm: str = "float"                # float | integer: how W·A fake-quant rows multiply (EvalConfig.gemm)
     bootstrap_reps: int = 10000
     gallery: int = 4                   # images in the gallery (0: none)
     notes: str = ""                    # free text copied into the report (e.g. how a recipe maps to the paper)
@@ -104,6 +105,16 @@ class CompareConfig:
             raise QAPrunerError(f"--relevance must be 'llm' or 'clip:MODEL', got {self.relevance!r}.")
         if self.calibration not in ("per-task", "shared"):
             raise QAPrunerError(f"calibration must be 'per-task' or 'shared', got {self.calibration!r}.")
+        if self.gemm not in ("float", "integer"):
+            raise QAPrunerError(f"--gemm must be 'float' or 'integer', got {self.gemm!r}.")
+        if self.gemm == "integer":
+            from ..quant import QuantConfig
+            from ..quant.integer_gemm import integer_gemm_refusal
+
+            for q in self.quant:
+                reason = integer_gemm_refusal(QuantConfig.from_preset(q))
+                if reason is not None:
+                    raise QAPrunerError(reason)
         if self.mode not in ("choice", "generate"):
             raise QAPrunerError(f"--mode must be 'choice' or 'generate', got {self.mode!r}.")
         if self.limit is not None and int(self.limit) <= 0:

@@ -76,7 +76,7 @@ class Row:
                           prune=self.prune_config(cfg), mode=cfg.mode,
                           blank_image=self.blank, calib_pruned=self.calib_pruned,
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                          dtype=cfg.dtype)
+                          dtype=cfg.dtype, gemm=cfg.gemm if self.quant is not None else "float")
 
     def fingerprint(self, cfg: CompareConfig) -> dict:
         """Everything that changes this row's per-item results: the evaluation's resume key."""

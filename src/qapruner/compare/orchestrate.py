@@ -66,9 +66,13 @@ class Backend:
     def quantize(self, adapter, preset: str, task, cfg: CompareConfig, progress=None, calib_prune=None):
         from ..quant import QuantConfig
 
-        return parallel.quantized_copy(adapter, QuantConfig.from_preset(preset), task, cfg.calib_samples,
-                                       cfg.calibration_seed,
-                                       progress=progress, calib_prune=calib_prune)
+        q, info = parallel.quantized_copy(adapter, QuantConfig.from_preset(preset), task, cfg.calib_samples,
+                                          cfg.calibration_seed, progress=progress, calib_prune=calib_prune)
+        if cfg.gemm == "integer":
+            from ..quant.integer_gemm import use_integer_gemm
+
+            info = dict(info or {}, integer_gemm_layers=use_integer_gemm(q.model))
+        return q, info
 
     def evaluate(self, adapter, task: Task, ecfg, items_path: Path, progress, label: str) -> dict:
         from ..eval.runner import Evaluator

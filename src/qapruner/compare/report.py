@@ -217,6 +217,12 @@ def _mixed_isa(results: dict) -> list[str]:
             "near-tie answer can flip: paired differences between such rows carry that noise too.", ""]
 
 
+def _gemm_text(cfg: dict) -> str:
+    if cfg.get("gemm", "float") == "float":
+        return ""
+    return " · W·A rows multiply their integer codes (exact int8 GEMM, scaled after; docs/quantization.md)"
+
+
 def markdown(results: dict, plots: dict[str, str]) -> str:
     cfg = results["config"]
     k = results["paper_keep"]
@@ -225,7 +231,8 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
          f"Model `{cfg['model']}` · quantization {', '.join(q.upper() for q in cfg['quant'])} · hosts "
          f"{', '.join(cfg['hosts'])} · keep ratios {', '.join(f'{x:g}' for x in cfg['keeps'])} · alpha {cfg['alpha']} · "
          f"sensitivity {_sensitivity_text(cfg)} · CDPruner relevance {cfg.get('relevance', 'llm')} · mode {cfg['mode']}"
-         f"{' (greedy)' if cfg['mode'] == 'generate' else ' (next-token likelihood of the candidate answers)'}.", "",
+         f"{' (greedy)' if cfg['mode'] == 'generate' else ' (next-token likelihood of the candidate answers)'}"
+         f"{_gemm_text(cfg)}.", "",
          "Items: " + "; ".join(f"{t}: {d['subset']}" for t, d in results["tasks"].items())
          + f". Every configuration of a task is scored on the same items; " + _seeds(cfg), "",
          f"Command: `{results['command']}`", "",

@@ -18,6 +18,8 @@ Mode = Literal["choice", "generate"]
 MODES = ("choice", "generate")
 Dtype = Literal["float32", "bfloat16"]
 DTYPES = ("float32", "bfloat16")
+Gemm = Literal["float", "integer"]
+GEMMS = ("float", "integer")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class EvalConfig:
     max_new_tokens: int = 10  # generate mode
     dtype: Dtype = "float32"  # the language model's (and projector's) execution dtype; the vision features stay fp32
     real: bool = False  # real kernels (deploy.runtime: int4 tinygemm, int8 dynamic, bf16) instead of fake-quant
+    # how a fake-quant W·A linear multiplies: "float" (dequantized operands, fp32 GEMM) or "integer" (the same
+    # codes in an exact int8 GEMM, scaled after; quant.integer_gemm)
+    gemm: Gemm = "float"
     batch_size: int = 16
     # Fields that cannot change a prediction, with the reason (none: batch_size can, see key()):
     NOT_IN_KEY: ClassVar[dict[str, str]] = {}
@@ -62,6 +67,16 @@ class EvalConfig:
                 raise QAPrunerError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}.")
         if self.dtype not in DTYPES:
             raise QAPrunerError(f"Unknown --dtype '{self.dtype}'; choose 'float32' or 'bfloat16'.")
+        if self.gemm not in GEMMS:
+            raise QAPrunerError(f"Unknown --gemm '{self.gemm}'; choose 'float' or 'integer'.")
+        if self.gemm == "integer":
+            from ..quant.integer_gemm import integer_gemm_refusal
+
+            reason = integer_gemm_refusal(self.quant)
+            if reason is not None:
+                raise QAPrunerError(reason)
+            if self.real:
+                raise QAPrunerError("--gemm integer speeds up the simulation; --real runs other kernels: pick one.")
         if self.real:
             object.__setattr__(self, "dtype", "bfloat16")  # the real kernels take bf16 activations
             act = self.quant.act if self.quant is not None else None
@@ -129,6 +144,8 @@ class EvalConfig:
             # quantization (measured: 2 of 48 testbed answers between batch 8 and 16). So the batch size is in the
             # key; the default 16 is left out, the value every run made before this change used.
             del d["batch_size"]
+        if d["gemm"] == "float":
+            del d["gemm"]  # the fp32 GEMM: the key of runs made before the option
         if not d["calib_pruned"]:
             del d["calib_pruned"]  # dense calibration: the key of runs made before the option
         if d["calib_tasks"] is None:
@@ -142,4 +159,4 @@ class EvalConfig:
         return d
 
 
-__all__ = ["EvalConfig", "Mode", "MODES", "Dtype", "DTYPES"]
+__all__ = ["EvalConfig", "Mode", "MODES", "Dtype", "DTYPES", "Gemm", "GEMMS"]

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import QAPrunerError
 from .config import ActQuantConfig
+from .integer_gemm import integer_linear
 from .quantizer import fake_quant, fake_quant_groups, qparams_from_range
 
 # candidate clip ratios for static (per-tensor) scales: chosen by MSE on the calibration activations
@@ -115,6 +116,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("weight_scale", None, persistent=False)
         self.register_buffer("weight_zero", None, persistent=False)
         self.weight_group_size: int | None = None
+        self.integer = None  # an integer_gemm.IntegerWeight when switched to the integer GEMM (use_integer_gemm)
 
     def set_quantized_weight(self, weight: torch.Tensor, bits: int, scale: torch.Tensor | None = None,
                              zero: torch.Tensor | None = None, group_size: int | None = None) -> None:
@@ -134,6 +136,7 @@ class QuantLinear(nn.Module):
         self.weight_zero = None if scale is None else (torch.zeros_like(self.weight_scale) if zero is None
                                                        else zero.detach().to(self.weight_scale.dtype).clone())
         self.weight_group_size = group_size if scale is not None else None
+        self.integer = None  # a new weight: an earlier integer copy no longer holds it
 
     def integer_weight(self) -> torch.Tensor:
         """The integer codes ``q`` of the quantized weight (int32, shape (out, in)): ``round(w / s) + z`` on the
@@ -149,8 +152,11 @@ class QuantLinear(nn.Module):
         return self.input_transform(x) if self.input_transform is not None else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act_quant(self.transform_input(x))
-        return F.linear(x, self.weight, self.bias)
+        x = self.transform_input(x)
+        aq = self.act_quant
+        if self.integer is not None and aq.enabled and aq.observe is None and not x.requires_grad:
+            return integer_linear(x, aq, self.integer, self.bias)
+        return F.linear(aq(x), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, wbits={self.wbits}, bias={self.bias is not None}"

@@ -73,15 +73,20 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
     return torch.div(x, scale).round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)
 
 
-def fake_quant_minmax(x: torch.Tensor, bits: int, sym: bool, dim: int = -1, clip_ratio: float = 1.0) -> torch.Tensor:
-    """Dynamic fake-quant with one (scale, zero) per slice along ``dim`` (reduced over ``dim``)."""
-    if bits >= 16:
-        return x
+def minmax_qparams(x: torch.Tensor, bits: int, sym: bool, dim: int = -1, clip_ratio: float = 1.0):
+    """Dynamic (scale, zero), one pair per slice along ``dim`` (reduced over ``dim``, kept as size 1)."""
     xmin = x.amin(dim=dim, keepdim=True)
     xmax = x.amax(dim=dim, keepdim=True)
     if clip_ratio != 1.0:  # (a product with 1.0 is exact: skipping it changes no bit)
         xmin, xmax = xmin * clip_ratio, xmax * clip_ratio
-    scale, zero = qparams_from_range(xmin, xmax, bits, sym)
+    return qparams_from_range(xmin, xmax, bits, sym)
+
+
+def fake_quant_minmax(x: torch.Tensor, bits: int, sym: bool, dim: int = -1, clip_ratio: float = 1.0) -> torch.Tensor:
+    """Dynamic fake-quant with one (scale, zero) per slice along ``dim`` (reduced over ``dim``)."""
+    if bits >= 16:
+        return x
+    scale, zero = minmax_qparams(x, bits, sym, dim, clip_ratio)
     return fake_quant(x, scale, zero, bits, sym)
 
 
