@@ -34,7 +34,7 @@ def test_every_eval_option_is_part_of_the_resolved_config():
 
 def test_resume_key_holds_every_field_but_the_declared_ones():
     cfg = EvalConfig(quant="w4a4-static", mode="generate", batch_size=8, calib_tasks=("easy-vqa", "shapes"),
-                     prune=PruneConfig("cls", 0.25), calib_pruned=True, calib_seed=5)
+                     prune=PruneConfig("cls", 0.25), calib_pruned=True, calib_seed=5, gemm="integer")
     assert set(cfg.key()) == {f.name for f in fields(EvalConfig)} - set(EvalConfig.NOT_IN_KEY)
     base = cfg.key()
     for change in ({"blank_image": True}, {"calib_samples": 8}, {"seed": 1}, {"limit": 5}, {"max_new_tokens": 3},
