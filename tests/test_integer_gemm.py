@@ -101,6 +101,12 @@ def test_presets_the_integer_gemm_cannot_run_are_refused_in_one_sentence(preset,
         EvalConfig(quant=preset, gemm="integer")
 
 
+def test_a_model_off_the_cpu_is_refused_in_one_sentence():
+    model = quantize_(tiny_llama(layers=1), "w4a4").to("meta")
+    with pytest.raises(QAPrunerError, match="runs on the CPU"):
+        use_integer_gemm(model)
+
+
 def test_the_gemm_is_in_the_key_only_when_it_is_the_integer_one():
     assert "gemm" not in EvalConfig(quant="w4a4").key()  # runs made before the option keep their key
     assert EvalConfig(quant="w4a4", gemm="integer").key()["gemm"] == "integer"

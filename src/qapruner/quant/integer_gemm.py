@@ -97,6 +97,9 @@ def use_integer_gemm(model: nn.Module, on: bool = True) -> int:
     for ql in model.modules():
         if not isinstance(ql, QuantLinear):
             continue
+        if on and ql.weight.device.type != "cpu":
+            raise QAPrunerError(f"--gemm integer runs on the CPU (torch._int_mm's CPU kernel); this model is on "
+                                f"{ql.weight.device.type}: leave --gemm at float there.")
         if not on:
             ql.integer = None
             continue
