@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import QAPrunerError
 from .config import QuantConfig
-from .quantizer import int_range, minmax_qparams
+from .quantizer import int_range, minmax_qparams, quantize_int_fresh
 
 
 def integer_gemm_refusal(config: QuantConfig | None) -> str | None:
@@ -73,9 +73,8 @@ def integer_linear(x: torch.Tensor, act_quant, iw: IntegerWeight, bias: torch.Te
         scale, zero = act_quant.scale.to(x2.dtype), act_quant.zero.to(x2.dtype)
     else:
         scale, zero = minmax_qparams(x2, c.bits, c.sym, -1, c.clip_ratio)  # (M, 1) per token
-    qmin, qmax = int_range(c.bits, c.sym)
-    offset = 128 if qmax > 127 else 0  # 8-bit asymmetric codes 0..255 → −128..127
-    q = torch.div(x2, scale).round_().add_(zero).clamp_(qmin, qmax)  # Q_x, as fake_quant computes it
+    offset = 128 if int_range(c.bits, c.sym)[1] > 127 else 0  # 8-bit asymmetric codes 0..255 → −128..127
+    q = quantize_int_fresh(x2, scale, zero, c.bits, c.sym)  # Q_x, as fake_quant computes it
     if offset:
         codes = q.sub_(offset).to(torch.int8)
     else:

@@ -69,8 +69,14 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
     if x.requires_grad or scale.requires_grad:
         return (quantize_int(x, scale, zero, bits, sym) - zero) * scale
     # the same operations in the same order, in place on one buffer: bit-identical, one allocation instead of six
+    return quantize_int_fresh(x, scale, zero, bits, sym).sub_(zero).mul_(scale)
+
+
+def quantize_int_fresh(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, sym: bool) -> torch.Tensor:
+    """``quantize_int`` computed in place on one new buffer (``x`` untouched): the codes fake_quant and the integer
+    GEMM start from, bit for bit the same."""
     qmin, qmax = int_range(bits, sym)
-    return torch.div(x, scale).round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)
+    return torch.div(x, scale).round_().add_(zero).clamp_(qmin, qmax)
 
 
 def minmax_qparams(x: torch.Tensor, bits: int, sym: bool, dim: int = -1, clip_ratio: float = 1.0):
