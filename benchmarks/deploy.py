@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from qapruner.deploy.runtime import can_pack_bf16
 from qapruner.models.assets import DEFAULT_ASSET
 
 CONFIGS = {  # name: (quant preset for the simulation and the real model, real kernels?)
@@ -41,6 +44,18 @@ TASKS = ("easy-vqa", "fashion-mnist")
 PRUNE = dict(host="cdpruner", keep=0.125, qa=True)
 SIMULATIONS = ["sim-w8a8", "sim-w4a16"]  # the fake-quant simulation of a preset, for the paired difference
 ALL = sorted(CONFIGS) + SIMULATIONS
+
+
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (platform.processor() is empty on Linux)."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -83,7 +98,10 @@ def one(name: str, items: int, timings: bool = True) -> dict:
 
         kernels = realize(adapter)
     layers = adapter.parts.lm.layers
-    lm_bytes = sum(tensor_bytes(t) for t in (*layers.parameters(), *layers.buffers()))  # int4 codes are buffers
+    from qapruner.deploy.runtime import PackedBf16Linear
+
+    packed = [m.packed for m in layers.modules() if isinstance(m, PackedBf16Linear)]  # oneDNN's opaque weights
+    lm_bytes = sum(tensor_bytes(t) for t in (*layers.parameters(), *layers.buffers(), *packed))  # int4 codes: buffers
     item = task0.items[0]
     feats, cls = FeatureCache(adapter, task0).get([item.image])
     out = {"config": name, "preset": preset, "real": real, "kernels": kernels, "decoder_weight_bytes": lm_bytes}
@@ -167,7 +185,10 @@ def main() -> None:
             for t in TASKS if args.items else ():
                 r[label][t].pop("correct")
     meta = {"items_per_task": args.items, "threads": 2, "timings": not args.accuracy_only, "torch": torch.__version__, "prune": PRUNE,
-            "model": f"testbed:{DEFAULT_ASSET}", "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "model": f"testbed:{DEFAULT_ASSET}", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu": cpu_model(), "bf16_packing": can_pack_bf16(torch.device("cpu")),
+            # set to emulate an older CPU on a newer one (e.g. AVX2 on an AVX-512 machine)
+            "isa_limits": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"{'config':10s} {'weights MB':>10s} {'RSS MB':>7s} {'TTFT dense':>10s} {'TTFT pruned':>11s} "
           f"{'decode tok/s':>12s} " + " ".join(f"{t[:8]:>9s} d/p" for t in TASKS))

@@ -77,3 +77,33 @@ def test_activation_presets_without_a_kernel_are_refused():
         realize(_adapter(fake))
     assert isinstance(fake.model.layers[0].self_attn.q_proj, QuantLinear)  # nothing changed
     assert not isinstance(fake.model.layers[0].self_attn.q_proj, RealLinear)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="this CPU has no native bf16 matmul; packing is skipped there (next test)")
+def test_fp_model_in_bf16_runs_packed_linears_with_the_same_logits():
+    from qapruner.deploy.runtime import PackedBf16Linear
+
+    model = tiny_llama(layers=2)
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    ref = _logits(_adapter(copy.deepcopy(model)).cast(torch.bfloat16).model, ids)  # bf16 F.linear
+    counts = realize(_adapter(model))
+    assert counts == {"bf16-packed": 14}, counts  # 7 linears x 2 layers; the LM head stays as it is
+    assert isinstance(model.model.layers[1].mlp.down_proj, PackedBf16Linear)
+    assert type(model.lm_head) is torch.nn.Linear
+    out = _logits(model, ids)
+    # the same oneDNN bf16 products in another weight layout: equal or off by bf16 accumulation order
+    assert (out - ref).abs().max() <= 0.02 * ref.abs().max(), (out - ref).abs().max()
+    one = _logits(model, ids[:1, :1])  # a decode-sized call (one row) goes through the same packed weights
+    assert torch.allclose(one[0, 0], out[0, 0], atol=0.02 * float(ref.abs().max()))
+
+
+def test_packing_is_skipped_without_native_bf16_and_for_int8_layers(monkeypatch):
+    from qapruner.deploy import runtime
+
+    w8a8 = quantize_(tiny_llama(layers=1), "w8a8")
+    assert "bf16-packed" not in realize(_adapter(w8a8))  # torchao's int8 linears are nn.Linear with int8 tensors
+    monkeypatch.setattr(runtime, "can_pack_bf16", lambda device: False)
+    assert realize(_adapter(tiny_llama(layers=1))) == {}
+    w8a16 = quantize_(tiny_llama(layers=1), "w8a16")
+    assert realize(_adapter(w8a16)) == {"bf16": 7}
