@@ -277,3 +277,38 @@ def test_prune_config_round_trips_through_load_model(tiny_llava_dir, tmp_path):
 def test_no_online_hadamard_needs_a_rotation(tmp_path, capsys):
     rc = cli(["quantize", "--quant", "w4a16", "--no-online-hadamard", "--out", str(tmp_path / "x")])
     assert rc != 0 and "rotated preset" in capsys.readouterr().err
+
+
+def _vllm_scheme(group: dict, fmt: str) -> str | None:
+    """Which compressed-tensors scheme vLLM picks for a config group, by the rules of its
+    ``CompressedTensorsConfig._get_scheme_from_parts`` (read in vLLM's source, 2026; restated, not imported:
+    vLLM does not install here). Weight-only int 4/8 bits, channel or group strategy, static, in the
+    pack-quantized format -> WNA16 (Marlin / Machete kernels); int8 weights per channel or tensor, symmetric,
+    static, with dynamic per-token int8 activations, in an activation format -> W8A8Int8."""
+    w, a = group["weights"], group["input_activations"]
+    if w["type"] != "int" or w["dynamic"]:
+        return None
+    if a is None and w["strategy"] in ("channel", "group") and fmt == "pack-quantized" and w["num_bits"] in (4, 8):
+        return "WNA16"
+    if (a is not None and fmt in ("int-quantized", "float-quantized", "naive-quantized") and a["type"] == "int"
+            and w["num_bits"] == a["num_bits"] == 8 and w["strategy"] in ("channel", "tensor") and w["symmetric"]
+            and a["strategy"] == "token" and a["dynamic"]):
+        return "W8A8Int8"
+    return None
+
+
+@pytest.mark.parametrize("name,scheme", [("w4a16-rtn-g32", "WNA16"), ("w4a16-rot-gptq-g32", "WNA16"),
+                                         ("w8a8", "W8A8Int8")])
+def test_exported_config_is_one_vllm_serves(exports, name, scheme):
+    """The written config selects the vLLM scheme the docs name, and vLLM skips every linear that is not a decoder
+    linear (the vision tower, the projector, the LM head are listed in ``ignore``)."""
+    _, path = exports[name]
+    qcfg = LlavaForConditionalGeneration.config_class.from_pretrained(path).quantization_config
+    assert qcfg["quant_method"] == "compressed-tensors" and qcfg["quantization_status"] == "compressed"
+    (group,) = qcfg["config_groups"].values()
+    assert _vllm_scheme(group, group.get("format") or qcfg["format"]) == scheme
+    quantized = {n for n in _module_ints(exports[name][0])}
+    linears = {n for n, m in exports["fp"][0].model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert group["targets"] == ["Linear"]
+    assert set(qcfg["ignore"]) == {n for n in linears if n.split("language_model.")[-1] not in quantized}
+    assert "lm_head" in qcfg["ignore"] and not any("layers." in n and "language_model" in n for n in qcfg["ignore"])
