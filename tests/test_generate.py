@@ -285,6 +285,7 @@ def test_cli_generate_prints_the_greedy_answer(tiny_llava_dir, tiny_jsonl, monke
     (["--max-new-tokens", "0"], "--max-new-tokens must be a positive"),
     (["--quant", "w5a3x"], "preset"),
     (["--model", "/nonexistent/model"], "does not exist"),
+    (["--quant", "w4a4", "--real"], "no kernel here executes w4a4"),
 ])
 def test_cli_generate_bad_input_is_one_sentence_and_exit_2(tiny_llava_dir, tiny_jsonl, monkeypatch, capsys,
                                                             extra, message):
@@ -295,3 +296,14 @@ def test_cli_generate_bad_input_is_one_sentence_and_exit_2(tiny_llava_dir, tiny_
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("qapruner: error: ") and message in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_cli_generate_real_runs_the_real_kernels_of_a_preset(tiny_llava_dir, tiny_jsonl, monkeypatch, capsys):
+    """`--real` with an in-memory W8A8 preset: torchao's int8 kernels answer, pruning still applies."""
+    argv = ["generate", "--model", str(tiny_llava_dir), "--image", str(tiny_jsonl.parent / "img1.png"),
+            "--prompt", PROMPTS[0], "--max-new-tokens", "3", "--quant", "w8a8", "--real", "--verbose",
+            "--prune", "cdpruner", "--keep", "0.25", "--qa"]
+    assert _main(argv, monkeypatch) == 0
+    cap = capsys.readouterr()
+    assert cap.out.strip() and cap.out.count("\n") == 1
+    assert "real kernels: {'int8-dynamic': 14}" in cap.err and "visual tokens kept 4/16" in cap.err

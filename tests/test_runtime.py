@@ -107,3 +107,53 @@ def test_packing_is_skipped_without_native_bf16_and_for_int8_layers(monkeypatch)
     assert realize(_adapter(tiny_llama(layers=1))) == {}
     w8a16 = quantize_(tiny_llama(layers=1), "w8a16")
     assert realize(_adapter(w8a16)) == {"bf16": 7}
+
+
+@pytest.fixture(scope="module")
+def wide_llava_dir(tmp_path_factory):
+    """A tiny LLaVA checkpoint whose decoder linears are 128 / 256 wide: multiples of the int4 kernel's group."""
+    from tiny_checkpoint import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("wide_llava"), hidden=128)
+
+
+@pytest.mark.parametrize("preset,kernel", [("w4a16-g64", "int4"), ("w8a8", "int8-dynamic")])
+def test_loaded_export_runs_the_same_real_kernels_as_the_model_it_was_exported_from(wide_llava_dir, tmp_path,
+                                                                                   preset, kernel):
+    """`eval --model DIR --real`: compressed-tensors' decompressed linears become real kernels (not bf16 with
+    compressed-tensors' fake-quant forward, and never bf16 without its activation quantizer): the same int4 codes
+    and the same logits as realizing the in-memory model the export was written from."""
+    from qapruner.deploy.export import export_compressed
+    from qapruner.models.registry import load_model
+
+    source = load_model(str(wide_llava_dir), device=torch.device("cpu"))
+    quantize_(source.model, preset)
+    export_compressed(source.model, tmp_path / "export", source.processor)
+    loaded = load_model(str(tmp_path / "export"), device=torch.device("cpu"))
+    ids = torch.randint(4, 60, (2, 10), generator=torch.Generator().manual_seed(0))
+    counts = [realize(source), realize(loaded)]
+    assert counts[0] == counts[1] and counts[1][kernel] == 14, counts  # 7 linears x 2 layers
+    assert not any(hasattr(m, "quantization_scheme") for m in loaded.parts.layers.modules())
+    with torch.no_grad():
+        ref, out = (a.model(input_ids=ids).logits.float() for a in (source, loaded))
+    assert torch.equal(out, ref)
+    if kernel == "int4":
+        a, b = (ad.parts.layers[1].mlp.down_proj.linear for ad in (source, loaded))
+        assert torch.equal(a.packed, b.packed) and torch.equal(a.scale_and_zero, b.scale_and_zero)
+
+
+def test_compressed_scheme_without_a_kernel_is_refused_and_nothing_changes(wide_llava_dir, tmp_path):
+    from qapruner.deploy.export import export_compressed
+    from qapruner.models.registry import load_model
+
+    source = load_model(str(wide_llava_dir), device=torch.device("cpu"))
+    quantize_(source.model, "w8a8")
+    export_compressed(source.model, tmp_path / "export", source.processor)
+    loaded = load_model(str(tmp_path / "export"), device=torch.device("cpu"))
+    q_proj = loaded.parts.layers[0].self_attn.q_proj
+    q_proj.quantization_scheme.input_activations.dynamic = False  # static activation scales: no kernel here
+    q_proj.quantization_scheme.input_activations.strategy = "tensor"
+    with pytest.raises(QAPrunerError, match="No real kernel here runs compressed-tensors 8-bit tensor activations"):
+        realize(loaded)
+    assert loaded.parts.layers[0].self_attn.q_proj is q_proj
+    assert not any(isinstance(m, QuantLinear) for m in loaded.model.modules())

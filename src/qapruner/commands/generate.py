@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--calib-task", default="easy-vqa",
                    help="task whose training split (or items) calibrates presets that need it (default easy-vqa)")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration items for GPTQ / static scales")
+    p.add_argument("--real", action="store_true",
+                   help="real CPU kernels (bf16; int4 weights for W4A16, int8 for W8A8, also for an exported DIR) "
+                        "instead of fake-quant float32")
     p.add_argument("--verbose", action="store_true", help="report kept tokens and timings on stderr")
     p.set_defaults(func=run)
 
@@ -77,6 +80,10 @@ def run(args) -> int:
             from ..tasks.registry import task_info
 
             task_info(args.calib_task)  # an unknown task fails here, before the model is loaded
+    if args.real:
+        from ..deploy.runtime import check_real
+
+        check_real(qcfg, args.quant)
     check_model_spec(args.model)
     image = _open_image(args.image)
 
@@ -87,6 +94,12 @@ def run(args) -> int:
 
         task = load_task(args.calib_task) if qcfg.needs_calibration else None
         adapter, _ = quantized_copy(adapter, qcfg, task, args.calib_samples, args.seed)
+    if args.real:
+        from ..deploy.runtime import realize
+
+        kernels = realize(adapter)
+        if args.verbose:
+            print(f"real kernels: {kernels}", file=sys.stderr)
     if cfg is None and isinstance(getattr(adapter, "prune_config", None), PruneConfig):
         cfg = adapter.prune_config  # a `qapruner quantize` export saved its pruning choice; --prune overrides it
     tok = adapter.tokenizer

@@ -69,6 +69,14 @@ def kind_of(ql: QuantLinear) -> str:
                         "activations; evaluate this preset with the simulation (without --real).")
 
 
+def check_real(quant, preset: str | None) -> None:
+    """Refuse, before anything is loaded, a preset (a ``QuantConfig`` or None for FP) no real kernel runs."""
+    act = quant.act if quant is not None else None
+    if act is not None and act.enabled and not (act.bits == 8 and act.granularity == "token" and quant.weight.bits == 8):
+        raise QAPrunerError(f"--real runs FP, weight-only and W8A8 (dynamic per-token) presets; no kernel "
+                            f"here executes {preset}. Evaluate it without --real (simulation).")
+
+
 def _linear(ql: QuantLinear, dtype: torch.dtype) -> nn.Linear:
     lin = nn.Linear(ql.in_features, ql.out_features, bias=ql.bias is not None, device=ql.weight.device, dtype=dtype)
     lin.weight.data.copy_(ql.weight.detach())
@@ -187,14 +195,59 @@ def realize_linear(ql: QuantLinear, dtype: torch.dtype = torch.bfloat16) -> Real
     return RealLinear(lin, transform)
 
 
+def from_compressed(linear: nn.Linear) -> QuantLinear | None:
+    """A linear that compressed-tensors loaded and decompressed (a ``qapruner quantize`` export, or another
+    compressed-tensors checkpoint) as the ``QuantLinear`` it stands for: the dequantized weight on its integer grid
+    (``weight_scale``, ``weight_zero_point``: w = (q − zero)·scale, the same convention as ours) and the scheme's
+    activation quantizer, so that ``realize`` gives it a real kernel. None for a linear compressed-tensors does not
+    quantize. Its own forward (which fake-quantizes the input) is not carried over: the real layer replaces it."""
+    from ..quant.config import ActQuantConfig
+
+    scheme = getattr(linear, "quantization_scheme", None)
+    w, a = (scheme.weights, scheme.input_activations) if scheme is not None else (None, None)
+    if w is None:
+        return None
+    value = lambda x: getattr(x, "value", x)  # noqa: E731  (compressed-tensors' str enums)
+    if value(w.type) != "int" or value(w.strategy) not in ("channel", "group") or w.dynamic:
+        raise QAPrunerError(f"No real kernel here runs compressed-tensors {value(w.type)} weights with strategy "
+                            f"'{value(w.strategy)}'; evaluate this checkpoint without --real.")
+    if a is None:
+        act = ActQuantConfig(bits=16)
+    elif value(a.type) == "int" and value(a.strategy) == "token" and a.dynamic:
+        act = ActQuantConfig(bits=a.num_bits, sym=bool(a.symmetric), granularity="token")
+    else:
+        raise QAPrunerError(f"No real kernel here runs compressed-tensors {a.num_bits}-bit {value(a.strategy)} "
+                            f"activations (dynamic={a.dynamic}); evaluate this checkpoint without --real.")
+    plain = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                      device=linear.weight.device, dtype=linear.weight.dtype)
+    plain.weight.data.copy_(linear.weight.detach())
+    if linear.bias is not None:
+        plain.bias.data.copy_(linear.bias.detach())
+    ql = QuantLinear(plain, act)
+    zero = getattr(linear, "weight_zero_point", None)
+    ql.set_quantized_weight(plain.weight.detach(), w.num_bits, linear.weight_scale.detach().float(),
+                            None if zero is None else zero.detach().float(),
+                            w.group_size if value(w.strategy) == "group" else None)
+    return ql
+
+
+def _compressed_linears(model: nn.Module) -> list[tuple[str, QuantLinear]]:
+    """Every compressed-tensors linear of ``model`` (by name) as its ``QuantLinear``; nothing is replaced here."""
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and getattr(getattr(m, "quantization_scheme", None), "weights", None)]
+    return [(n, from_compressed(model.get_submodule(n))) for n in names]
+
+
 def realize(adapter, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
-    """Swap every ``QuantLinear`` of the adapter's model for its real kernel and run the projector and the
-    language model in ``dtype`` (in place); pack the decoder layers' remaining bf16 linears for oneDNN. Returns
+    """Swap every ``QuantLinear`` of the adapter's model (and every compressed-tensors linear of a loaded export,
+    ``from_compressed``) for its real kernel and run the projector and the language model in ``dtype`` (in
+    place); pack the decoder layers' remaining bf16 linears for oneDNN. Returns
     how many layers took each kernel ("bf16" counts quantized layers run as bf16; "bf16-packed" every packed
     linear, those included)."""
     _torchao()
     model = adapter.model
     names = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    names += _compressed_linears(model)  # a loaded export: each linear as the QuantLinear it was exported from
     kinds = [kind_of(ql) for _, ql in names]  # refuse before changing anything
     real = [realize_linear(ql, dtype) for _, ql in names]  # from the fp32 grid, before the cast
     for name, _ in names:  # the fake-quant layers leave before the cast, so only real layers remain

@@ -79,11 +79,9 @@ class EvalConfig:
                 raise QAPrunerError("--gemm integer speeds up the simulation; --real runs other kernels: pick one.")
         if self.real:
             object.__setattr__(self, "dtype", "bfloat16")  # the real kernels take bf16 activations
-            act = self.quant.act if self.quant is not None else None
-            if act is not None and act.enabled and not (act.bits == 8 and act.granularity == "token"
-                                                         and self.quant.weight.bits == 8):
-                raise QAPrunerError(f"--real runs FP, weight-only and W8A8 (dynamic per-token) presets; no kernel "
-                                    f"here executes {self.preset}. Evaluate it without --real (simulation).")
+            from ..deploy.runtime import check_real
+
+            check_real(self.quant, self.preset)
         elif self.dtype != "float32" and self.quant is not None and self.quant.act.enabled:
             raise QAPrunerError(f"--dtype {self.dtype} runs FP and weight-only presets only: {self.preset} quantizes "
                                 "activations, whose fake-quant grid is simulated in float32.")
