@@ -307,3 +307,20 @@ def test_cli_generate_real_runs_the_real_kernels_of_a_preset(tiny_llava_dir, tin
     cap = capsys.readouterr()
     assert cap.out.strip() and cap.out.count("\n") == 1
     assert "real kernels: {'int8-dynamic': 14}" in cap.err and "visual tokens kept 4/16" in cap.err
+
+
+def test_cli_generate_real_on_an_export_without_pruning(tiny_llava_dir, tiny_jsonl, tmp_path, monkeypatch, capsys):
+    """An exported W8A8 checkpoint, loaded packed, answers on int8 kernels through transformers' own generate
+    (the tower's float32 output meets the bf16 projector) and gives the answer of the in-memory preset."""
+    export = tmp_path / "w8a8"
+    assert _main(["quantize", "--model", str(tiny_llava_dir), "--quant", "w8a8", "--out", str(export)], monkeypatch) == 0
+    capsys.readouterr()
+    base = ["generate", "--image", str(tiny_jsonl.parent / "img1.png"), "--prompt", PROMPTS[0],
+            "--max-new-tokens", "3", "--real", "--verbose"]
+    answers = []
+    for model in (["--model", str(export)], ["--model", str(tiny_llava_dir), "--quant", "w8a8"]):
+        assert _main(base + model, monkeypatch) == 0
+        cap = capsys.readouterr()
+        assert "real kernels: {'int8-dynamic': 14}" in cap.err and "visual tokens kept 16/16" in cap.err
+        answers.append(cap.out)
+    assert answers[0] == answers[1] and answers[0].strip()

@@ -117,19 +117,27 @@ def wide_llava_dir(tmp_path_factory):
     return build_tiny_llava(tmp_path_factory.mktemp("wide_llava"), hidden=128)
 
 
+@pytest.mark.parametrize("compressed", [True, False], ids=["packed", "decompressed"])
 @pytest.mark.parametrize("preset,kernel", [("w4a16-g64", "int4"), ("w8a8", "int8-dynamic")])
 def test_loaded_export_runs_the_same_real_kernels_as_the_model_it_was_exported_from(wide_llava_dir, tmp_path,
-                                                                                   preset, kernel):
-    """`eval --model DIR --real`: compressed-tensors' decompressed linears become real kernels (not bf16 with
-    compressed-tensors' fake-quant forward, and never bf16 without its activation quantizer): the same int4 codes
-    and the same logits as realizing the in-memory model the export was written from."""
+                                                                                   preset, kernel, compressed):
+    """`eval --model DIR --real`: compressed-tensors' linears, still packed (what --real loads) or decompressed,
+    become real kernels (not bf16 with compressed-tensors' fake-quant forward, and never bf16 without its
+    activation quantizer): the same int4 codes and the same logits as realizing the in-memory model the export
+    was written from."""
     from qapruner.deploy.export import export_compressed
     from qapruner.models.registry import load_model
 
     source = load_model(str(wide_llava_dir), device=torch.device("cpu"))
     quantize_(source.model, preset)
     export_compressed(source.model, tmp_path / "export", source.processor)
-    loaded = load_model(str(tmp_path / "export"), device=torch.device("cpu"))
+    loaded = load_model(str(tmp_path / "export"), device=torch.device("cpu"), compressed=compressed)
+    q_proj = loaded.parts.layers[0].self_attn.q_proj
+    params = dict(q_proj.named_parameters())
+    if compressed:  # the integers as stored: int4 packed in int32 words, or int8
+        assert params["weight_packed" if preset != "w8a8" else "weight"].dtype in (torch.int32, torch.int8)
+    else:
+        assert params["weight"].dtype == torch.float32
     ids = torch.randint(4, 60, (2, 10), generator=torch.Generator().manual_seed(0))
     counts = [realize(source), realize(loaded)]
     assert counts[0] == counts[1] and counts[1][kernel] == 14, counts  # 7 linears x 2 layers

@@ -84,7 +84,7 @@ def run(args) -> int:
     if cfg.blank_image:
         task = task.blank()
     with parallel.main_first():  # several processes: the main one downloads / converts first
-        adapter = load_model(cfg.model)
+        adapter = load_model(cfg.model, compressed=cfg.real)  # --real builds its kernels from the packed integers
     cfg.check_model(adapter)
     finished = is_complete(out.with_suffix(".items.jsonl"), cfg.key(), [it.uid for it in task.items])
     with parallel.progress_bar() as progress:

@@ -87,7 +87,7 @@ def run(args) -> int:
     check_model_spec(args.model)
     image = _open_image(args.image)
 
-    adapter = load_model(args.model)
+    adapter = load_model(args.model, compressed=args.real)  # --real builds its kernels from the packed integers
     if qcfg is not None:
         from ..eval.prepare import quantized_copy
         from ..tasks import load_task

@@ -218,24 +218,41 @@ def from_compressed(linear: nn.Linear) -> QuantLinear | None:
     else:
         raise QAPrunerError(f"No real kernel here runs compressed-tensors {a.num_bits}-bit {value(a.strategy)} "
                             f"activations (dynamic={a.dynamic}); evaluate this checkpoint without --real.")
+    group = w.group_size if value(w.strategy) == "group" else None
+    scale = linear.weight_scale.detach().float()
+    zero = getattr(linear, "weight_zero_point", None)
+    zero = torch.zeros_like(scale) if zero is None else zero.detach().float().reshape(scale.shape)
+    weight = _dense_weight(linear, w.num_bits, scale, zero, group)
     plain = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                      device=linear.weight.device, dtype=linear.weight.dtype)
-    plain.weight.data.copy_(linear.weight.detach())
+                      device=weight.device, dtype=weight.dtype)
+    plain.weight.data = weight
     if linear.bias is not None:
         plain.bias.data.copy_(linear.bias.detach())
     ql = QuantLinear(plain, act)
-    zero = getattr(linear, "weight_zero_point", None)
-    ql.set_quantized_weight(plain.weight.detach(), w.num_bits, linear.weight_scale.detach().float(),
-                            None if zero is None else zero.detach().float(),
-                            w.group_size if value(w.strategy) == "group" else None)
+    ql.set_quantized_weight(weight, w.num_bits, scale, zero, group)
     return ql
 
 
-def _compressed_linears(model: nn.Module) -> list[tuple[str, QuantLinear]]:
-    """Every compressed-tensors linear of ``model`` (by name) as its ``QuantLinear``; nothing is replaced here."""
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and getattr(getattr(m, "quantization_scheme", None), "weights", None)]
-    return [(n, from_compressed(model.get_submodule(n))) for n in names]
+def _dense_weight(linear: nn.Linear, bits: int, scale: torch.Tensor, zero: torch.Tensor, group: int | None):
+    """The layer's float32 weight: as decompressed, or (still compressed: packed int4 in ``weight_packed``, int8
+    in ``weight``) rebuilt from its integers, w = (q − zero)·scale, one layer at a time."""
+    if "weight_packed" in linear._parameters:  # pack-quantized, never decompressed
+        from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+
+        q = unpack_from_int32(linear.weight_packed.detach(), bits,
+                              torch.Size([linear.out_features, linear.in_features])).float()
+    elif linear.weight.dtype in (torch.int8, torch.int16, torch.int32):  # int-quantized, never decompressed
+        q = linear.weight.detach().float()
+    else:
+        return linear.weight.detach().float().clone()
+    g = group or linear.in_features
+    return (q - zero.repeat_interleave(g, dim=1)) * scale.repeat_interleave(g, dim=1)
+
+
+def _compressed_names(model: nn.Module) -> list[str]:
+    """The linears of ``model`` that compressed-tensors quantizes (a loaded export's decoder linears)."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and getattr(getattr(m, "quantization_scheme", None), "weights", None)]
 
 
 def realize(adapter, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
@@ -246,15 +263,19 @@ def realize(adapter, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
     linear, those included)."""
     _torchao()
     model = adapter.model
-    names = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
-    names += _compressed_linears(model)  # a loaded export: each linear as the QuantLinear it was exported from
-    kinds = [kind_of(ql) for _, ql in names]  # refuse before changing anything
-    real = [realize_linear(ql, dtype) for _, ql in names]  # from the fp32 grid, before the cast
-    for name, _ in names:  # the fake-quant layers leave before the cast, so only real layers remain
+    names = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    names += _compressed_names(model)  # a loaded export: each linear as the QuantLinear it was exported from
+    kinds, real = [], []
+    for name in names:  # the model is not changed here: a refusal leaves it as it was
+        ql = model.get_submodule(name)
+        ql = ql if isinstance(ql, QuantLinear) else from_compressed(ql)  # one dense layer at a time
+        kinds.append(kind_of(ql))
+        real.append(realize_linear(ql, dtype))  # from the fp32 grid, before the cast
+    for name in names:  # the fake-quant layers leave before the cast, so only real layers remain
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
     adapter.cast(dtype)
-    for (name, _), layer in zip(names, real):
+    for name, layer in zip(names, real):
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
     counts = {k: kinds.count(k) for k in sorted(set(kinds))}

@@ -39,7 +39,7 @@ class Engine:
         self.config = cfg = options.config
         self.feature_cache = options.feature_cache
         check_model_spec(cfg.model)
-        self.base = load_model(cfg.model)
+        self.base = load_model(cfg.model, compressed=cfg.real)  # --real builds its kernels from the packed integers
         cfg.check_model(self.base)
         self.pruner = Pruner(cfg.prune) if cfg.prune is not None else None
         self.adapter = None

@@ -57,6 +57,12 @@ class Output:
     seconds: dict = field(default_factory=dict)  # {"select": s, "prefill": s}
 
 
+def _inputs_to_own_dtype(module, args):
+    """Forward pre-hook: floating-point inputs in the dtype of the module's parameters."""
+    dtype = next(module.parameters()).dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
 class LlavaAdapter:
     """A loaded LLaVA-family model (``LlavaForConditionalGeneration``: the testbed or any llava-hf
     checkpoint) with its processor, and the few verbs every job needs."""
@@ -97,6 +103,10 @@ class LlavaAdapter:
         for module in (parts.projector, parts.lm, parts.head):
             if module is not None:  # a plain causal LM has no projector
                 module.to(dtype)
+        if parts.projector is not None and not getattr(parts.projector, "_qapruner_input_cast", False):
+            # transformers' own forward / generate feed the tower's output (its dtype) straight to the projector
+            parts.projector.register_forward_pre_hook(_inputs_to_own_dtype)
+            parts.projector._qapruner_input_cast = True
         if dtype != torch.float32 and self.device.type == "cpu":
             use_fp32_decode(parts.lm.config)  # decode steps attend in fp32: 5x faster there (models/attention.py)
         return self

@@ -28,7 +28,10 @@ def check_model_spec(spec: str) -> None:
         raise QAPrunerError(f"Model path '{spec}' does not exist.")
 
 
-def load_model(spec: str = "testbed", device: torch.device | None = None) -> LlavaAdapter:
+def load_model(spec: str = "testbed", device: torch.device | None = None, *, compressed: bool = False) -> LlavaAdapter:
+    """The adapter of ``spec``. ``compressed``: leave a compressed-tensors checkpoint's linears packed (for
+    ``deploy.runtime.realize``, which builds real kernels from the integers without a dense float copy of the
+    whole decoder); otherwise they are decompressed at once."""
     check_model_spec(spec)
     device = device or default_device()
     asset = asset_file(spec)
@@ -36,7 +39,7 @@ def load_model(spec: str = "testbed", device: torch.device | None = None) -> Lla
         adapter = load_testbed_adapter(asset, name=canonical_model(spec))
         adapter.model.to(device)
         return adapter
-    return _load_llava(spec, device)
+    return _load_llava(spec, device, compressed)
 
 
 def load_testbed_adapter(projector: Path | None, name: str = "testbed") -> LlavaAdapter:
@@ -47,7 +50,7 @@ def load_testbed_adapter(projector: Path | None, name: str = "testbed") -> Llava
     return LlavaAdapter(model, processor, testbed_model_key(), name, _grid(model))
 
 
-def _load_llava(spec: str, device: torch.device) -> LlavaAdapter:
+def _load_llava(spec: str, device: torch.device, compressed: bool = False) -> LlavaAdapter:
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
     try:
@@ -65,7 +68,8 @@ def _load_llava(spec: str, device: torch.device) -> LlavaAdapter:
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
         raise QAPrunerError(f"Cannot load the weights of model '{spec}': {first}.") from exc
-    _decompress(model)
+    if not compressed:
+        _decompress(model)
     processor = AutoProcessor.from_pretrained(spec)
     key = Path(spec).name + "-" + hashlib.sha1(config.to_json_string().encode()).hexdigest()[:8]
     adapter = LlavaAdapter(model, processor, key, spec, _grid(model))
