@@ -1,6 +1,7 @@
 """What a user actually saves: real kernels on the testbed (2 threads), dense and pruned.
 
-For FP32, BF16, W8A8 and W4A16 (real kernels, ``deploy.runtime.realize``) × {dense, keep 12.5 % QA-cdpruner}:
+For FP32, BF16, W8A8 and W4A16 (real kernels, ``deploy.runtime.realize``), and W4A16 as a user deploys it (the
+``qapruner quantize`` checkpoint, written once into the cache and loaded packed) × {dense, keep 12.5 % QA-cdpruner}:
 language-model weight bytes in memory, peak RSS of the process, time to first token for one image prompt
 (256 visual tokens + the question ≈ 300 tokens; pruned: 32 visual tokens), decode tokens/s, and accuracy on a
 seeded subset of easy-VQA and Fashion-MNIST with the paired difference against qapruner's fake-quant
@@ -39,6 +40,7 @@ CONFIGS = {  # name: (quant preset for the simulation and the real model, real k
     "bf16": (None, True),
     "w8a8": ("w8a8", True),
     "w4a16": ("w4a16-g64", True),
+    "w4a16-export": ("w4a16-g64", True),  # the same preset written by `qapruner quantize`, loaded packed
 }
 TASKS = ("easy-vqa", "fashion-mnist")
 PRUNE = dict(host="cdpruner", keep=0.125, qa=True)
@@ -56,6 +58,17 @@ def cpu_model() -> str:
                     if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown"
+
+
+def exported(preset: str) -> Path:
+    """The testbed quantized with ``preset`` and written by ``qapruner quantize`` (once, into the cache)."""
+    from qapruner.paths import cache_dir
+
+    out = cache_dir() / "deploy-bench" / f"testbed-{preset}"
+    if not (out / "qapruner.json").is_file():
+        subprocess.run([sys.executable, "-m", "qapruner", "quantize", "--model", "testbed", "--quant", preset,
+                        "--out", str(out), "--force"], check=True, stdout=subprocess.DEVNULL)
+    return out
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -88,10 +101,13 @@ def one(name: str, items: int, timings: bool = True) -> dict:
 
     torch.set_num_threads(2)
     preset, real = CONFIGS[name]
-    adapter = load_model("testbed")
     task0 = load_task("easy-vqa")
-    if preset:
-        adapter, _ = quantized_copy(adapter, QuantConfig.from_preset(preset), task0)
+    if name.endswith("-export"):  # what a user deploys: the checkpoint, loaded with its integers still packed
+        adapter = load_model(str(exported(preset)), compressed=True)
+    else:
+        adapter = load_model("testbed")
+        if preset:
+            adapter, _ = quantized_copy(adapter, QuantConfig.from_preset(preset), task0)
     kernels = None
     if real:
         from qapruner.deploy.runtime import realize
@@ -172,7 +188,8 @@ def main() -> None:
         proc = subprocess.run([sys.executable, __file__, "--one", name, "--items", str(args.items), *extra],
                               stdout=subprocess.PIPE, text=True, check=True)  # progress goes to stderr
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    reference = {"w8a8": "sim-w8a8", "w4a16": "sim-w4a16", "bf16": "fp32"}  # real path: what it approximates
+    reference = {"w8a8": "sim-w8a8", "w4a16": "sim-w4a16", "bf16": "fp32",  # real path: what it approximates
+                 "w4a16-export": "w4a16"}
     for name, ref in reference.items():
         if not args.items or not {name, ref} <= results.keys():
             continue

@@ -10,6 +10,7 @@ with that rounding order applied to the in-memory model too, so the test cannot 
 """
 
 import argparse
+import json
 import shutil
 from contextlib import contextmanager
 from dataclasses import replace
@@ -312,3 +313,14 @@ def test_exported_config_is_one_vllm_serves(exports, name, scheme):
     assert group["targets"] == ["Linear"]
     assert set(qcfg["ignore"]) == {n for n in linears if n.split("language_model.")[-1] not in quantized}
     assert "lm_head" in qcfg["ignore"] and not any("layers." in n and "language_model" in n for n in qcfg["ignore"])
+
+
+def test_cli_eval_real_on_an_export_runs_int8_kernels_and_names_the_checkpoint_preset(exports, tiny_jsonl, tmp_path):
+    from qapruner.cli import main
+
+    _, path = exports["w8a8"]
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(path), "--task", f"jsonl:{tiny_jsonl}", "--real", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["quant"] is None and summary["checkpoint_quant"] == "w8a8"
+    assert summary["quant_info"]["kernels"] == {"int8-dynamic": 14}

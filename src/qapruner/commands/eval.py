@@ -97,13 +97,18 @@ def run(args) -> int:
         return 0  # the main process writes the summary
     summary.update({"image": task.meta.get("image", "task images"), "seed": cfg.seed, "config": cfg.describe(),
                     "quant_info": quant_info, "environment": environment()})
+    stored = getattr(adapter.model, "_qapruner_quant", None)
+    if cfg.quant is None and stored is not None:  # a `qapruner quantize` export: the preset it was written with
+        summary["checkpoint_quant"] = stored.preset
     write_json(out, summary)
     table = Table(title=f"{summary['task']} · {summary['model']}")
     for col in ("n", "accuracy", "95% CI", "quant", "prune", "visual tokens", "items/s"):
         table.add_column(col)
     p = summary["prune"]
     table.add_row(str(summary["n"]), f"{summary['accuracy']:.4f}",
-                  f"[{summary['ci95'][0]:.4f}, {summary['ci95'][1]:.4f}]", str(summary["quant"] or "FP"),
+                  f"[{summary['ci95'][0]:.4f}, {summary['ci95'][1]:.4f}]",
+                  str(summary["quant"] or (f"{summary['checkpoint_quant']} (checkpoint)" if "checkpoint_quant" in summary
+                                           else "FP")),
                   f"{p['host']}{'+QA' if p['qa'] else ''} keep {p['keep']}" if p else "none",
                   f"{summary['visual_tokens']['kept']}/{summary['visual_tokens']['before']}",
                   str(summary["items_per_second"]))
