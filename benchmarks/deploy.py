@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from qapruner.deploy.runtime import can_pack_bf16
+from qapruner.deploy.packed_bf16 import can_pack_bf16
 from qapruner.models.assets import DEFAULT_ASSET
 
 CONFIGS = {  # name: (quant preset for the simulation and the real model, real kernels?)
@@ -114,7 +114,7 @@ def one(name: str, items: int, timings: bool = True) -> dict:
 
         kernels = realize(adapter)
     layers = adapter.parts.lm.layers
-    from qapruner.deploy.runtime import PackedBf16Linear
+    from qapruner.deploy.packed_bf16 import PackedBf16Linear
 
     packed = [m.packed for m in layers.modules() if isinstance(m, PackedBf16Linear)]  # oneDNN's opaque weights
     lm_bytes = sum(tensor_bytes(t) for t in (*layers.parameters(), *layers.buffers(), *packed))  # int4 codes: buffers

@@ -82,7 +82,7 @@ def test_activation_presets_without_a_kernel_are_refused():
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
                     reason="this CPU has no native bf16 matmul; packing is skipped there (next test)")
 def test_fp_model_in_bf16_runs_packed_linears_with_the_same_logits():
-    from qapruner.deploy.runtime import PackedBf16Linear
+    from qapruner.deploy.packed_bf16 import PackedBf16Linear
 
     model = tiny_llama(layers=2)
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -99,11 +99,11 @@ def test_fp_model_in_bf16_runs_packed_linears_with_the_same_logits():
 
 
 def test_packing_is_skipped_without_native_bf16_and_for_int8_layers(monkeypatch):
-    from qapruner.deploy import runtime
+    from qapruner.deploy import packed_bf16
 
     w8a8 = quantize_(tiny_llama(layers=1), "w8a8")
     assert "bf16-packed" not in realize(_adapter(w8a8))  # torchao's int8 linears are nn.Linear with int8 tensors
-    monkeypatch.setattr(runtime, "can_pack_bf16", lambda device: False)
+    monkeypatch.setattr(packed_bf16, "can_pack_bf16", lambda device: False)
     assert realize(_adapter(tiny_llama(layers=1))) == {}
     w8a16 = quantize_(tiny_llama(layers=1), "w8a16")
     assert realize(_adapter(w8a16)) == {"bf16": 7}

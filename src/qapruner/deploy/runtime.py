@@ -14,12 +14,14 @@
   scales are symmetric per token, ours may be asymmetric: the difference is measured, not assumed).
 * Anything else that quantizes no activations (W8A16, …): bf16 with the dequantized weight.
 * Every bf16 linear of the decoder layers (all of them for FP, the bf16 kind above) is then handed to oneDNN
-  with its weight reordered once into oneDNN's blocked layout (``PackedBf16Linear``), where the CPU has bf16
+  with its weight reordered once into oneDNN's blocked layout (``packed_bf16.PackedBf16Linear``), where the CPU has bf16
   matrix instructions (AVX-512 BF16 or AMX): a plain bf16 ``F.linear`` reorders the weight on every call.
 * Activations quantized to other than 8 bits, or static / per-group activation scales: refused — no kernel
   here executes them; the simulation (fake-quant, fp32) is the honest way to evaluate those presets.
 
 Online transforms (the Hadamard before ``down_proj`` of rotated presets) stay in front of the real layer.
+A loaded ``qapruner quantize`` export takes the same path: its compressed-tensors linears become the
+``QuantLinear`` they were exported from (``deploy.compressed``), one layer at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from torch import nn
 
 from ..errors import QAPrunerError
 from ..quant.quant_linear import QuantLinear
+from .compressed import compressed_names, from_compressed
+from .packed_bf16 import pack_bf16_linears
 
 INT4_GROUP = 64
 
@@ -128,53 +132,6 @@ def int4_linear(ql: QuantLinear) -> Int4Linear:
                       ql.out_features, ql.bias)
 
 
-# The batch-size hint oneDNN picks the weight layout for. 64 measured best for a pruned prefill (~60 rows) and
-# decode (1 row) on an AMX Xeon; a 300-row prefill runs a few % slower than unpacked in 576x576 layers only.
-PACK_ROWS_HINT = 64
-
-
-def can_pack_bf16(device: torch.device) -> bool:
-    """oneDNN packing helps where the CPU multiplies bf16 natively; elsewhere bf16 is emulated and slow anyway."""
-    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
-
-
-class PackedBf16Linear(nn.Module):
-    """A bf16 linear whose weight oneDNN reordered once into its blocked layout (what torch.compile's freezing
-    pass does for CPU linears), instead of on every call as ``F.linear`` does. The products are oneDNN's
-    bf16 matmul either way: bit-identical to ``F.linear`` in the measured prefill and decode shapes
-    (tests/test_runtime.py checks closeness, not identity). The packed weight is an opaque mkldnn tensor, so the
-    layer is inference-only: no ``state_dict`` entry, no ``.to()``."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().to(torch.bfloat16)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT)
-        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, self.bias, "none", [], "")
-        return y.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-
-def pack_bf16_linears(module: nn.Module) -> int:
-    """Swap every bf16 ``nn.Linear`` under ``module`` for a ``PackedBf16Linear`` where the CPU supports it
-    (in place); returns how many were swapped."""
-    names = [n for n, m in module.named_modules()
-             if type(m) is nn.Linear and type(m.weight.detach()) is torch.Tensor  # not torchao's int8 tensors
-             and m.weight.dtype == torch.bfloat16 and can_pack_bf16(m.weight.device)]
-    for name in names:  # one at a time, so that each unpacked weight is freed before the next is packed
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, PackedBf16Linear(getattr(parent, child)))
-    return len(names)
-
-
 def realize_linear(ql: QuantLinear, dtype: torch.dtype = torch.bfloat16) -> RealLinear:
     kind = kind_of(ql)
     if kind == "int4" and ql.weight.device.type != "cpu":
@@ -195,66 +152,6 @@ def realize_linear(ql: QuantLinear, dtype: torch.dtype = torch.bfloat16) -> Real
     return RealLinear(lin, transform)
 
 
-def from_compressed(linear: nn.Linear) -> QuantLinear | None:
-    """A linear that compressed-tensors loaded and decompressed (a ``qapruner quantize`` export, or another
-    compressed-tensors checkpoint) as the ``QuantLinear`` it stands for: the dequantized weight on its integer grid
-    (``weight_scale``, ``weight_zero_point``: w = (q − zero)·scale, the same convention as ours) and the scheme's
-    activation quantizer, so that ``realize`` gives it a real kernel. None for a linear compressed-tensors does not
-    quantize. Its own forward (which fake-quantizes the input) is not carried over: the real layer replaces it."""
-    from ..quant.config import ActQuantConfig
-
-    scheme = getattr(linear, "quantization_scheme", None)
-    w, a = (scheme.weights, scheme.input_activations) if scheme is not None else (None, None)
-    if w is None:
-        return None
-    value = lambda x: getattr(x, "value", x)  # noqa: E731  (compressed-tensors' str enums)
-    if value(w.type) != "int" or value(w.strategy) not in ("channel", "group") or w.dynamic:
-        raise QAPrunerError(f"No real kernel here runs compressed-tensors {value(w.type)} weights with strategy "
-                            f"'{value(w.strategy)}'; evaluate this checkpoint without --real.")
-    if a is None:
-        act = ActQuantConfig(bits=16)
-    elif value(a.type) == "int" and value(a.strategy) == "token" and a.dynamic:
-        act = ActQuantConfig(bits=a.num_bits, sym=bool(a.symmetric), granularity="token")
-    else:
-        raise QAPrunerError(f"No real kernel here runs compressed-tensors {a.num_bits}-bit {value(a.strategy)} "
-                            f"activations (dynamic={a.dynamic}); evaluate this checkpoint without --real.")
-    group = w.group_size if value(w.strategy) == "group" else None
-    scale = linear.weight_scale.detach().float()
-    zero = getattr(linear, "weight_zero_point", None)
-    zero = torch.zeros_like(scale) if zero is None else zero.detach().float().reshape(scale.shape)
-    weight = _dense_weight(linear, w.num_bits, scale, zero, group)
-    plain = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                      device=weight.device, dtype=weight.dtype)
-    plain.weight.data = weight
-    if linear.bias is not None:
-        plain.bias.data.copy_(linear.bias.detach())
-    ql = QuantLinear(plain, act)
-    ql.set_quantized_weight(weight, w.num_bits, scale, zero, group)
-    return ql
-
-
-def _dense_weight(linear: nn.Linear, bits: int, scale: torch.Tensor, zero: torch.Tensor, group: int | None):
-    """The layer's float32 weight: as decompressed, or (still compressed: packed int4 in ``weight_packed``, int8
-    in ``weight``) rebuilt from its integers, w = (q − zero)·scale, one layer at a time."""
-    if "weight_packed" in linear._parameters:  # pack-quantized, never decompressed
-        from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
-
-        q = unpack_from_int32(linear.weight_packed.detach(), bits,
-                              torch.Size([linear.out_features, linear.in_features])).float()
-    elif linear.weight.dtype in (torch.int8, torch.int16, torch.int32):  # int-quantized, never decompressed
-        q = linear.weight.detach().float()
-    else:
-        return linear.weight.detach().float().clone()
-    g = group or linear.in_features
-    return (q - zero.repeat_interleave(g, dim=1)) * scale.repeat_interleave(g, dim=1)
-
-
-def _compressed_names(model: nn.Module) -> list[str]:
-    """The linears of ``model`` that compressed-tensors quantizes (a loaded export's decoder linears)."""
-    return [n for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and getattr(getattr(m, "quantization_scheme", None), "weights", None)]
-
-
 def realize(adapter, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
     """Swap every ``QuantLinear`` of the adapter's model (and every compressed-tensors linear of a loaded export,
     ``from_compressed``) for its real kernel and run the projector and the language model in ``dtype`` (in
@@ -264,7 +161,7 @@ def realize(adapter, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
     _torchao()
     model = adapter.model
     names = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
-    names += _compressed_names(model)  # a loaded export: each linear as the QuantLinear it was exported from
+    names += compressed_names(model)  # a loaded export: each linear as the QuantLinear it was exported from
     kinds, real = [], []
     for name in names:  # the model is not changed here: a refusal leaves it as it was
         ql = model.get_submodule(name)
