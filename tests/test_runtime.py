@@ -142,6 +142,10 @@ def test_loaded_export_runs_the_same_real_kernels_as_the_model_it_was_exported_f
     counts = [realize(source), realize(loaded)]
     assert counts[0] == counts[1] and counts[1][kernel] == 14, counts  # 7 linears x 2 layers
     assert not any(hasattr(m, "quantization_scheme") for m in loaded.parts.layers.modules())
+    from compressed_tensors.offload.cache import OffloadCache  # its dispatch moved tensors on every access
+
+    assert not any(isinstance(m._parameters, OffloadCache) for m in loaded.model.modules())
+    assert not hasattr(loaded.model, "ct_decompress_hook")
     with torch.no_grad():
         ref, out = (a.model(input_ids=ids).logits.float() for a in (source, loaded))
     assert torch.equal(out, ref)
