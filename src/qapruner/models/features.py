@@ -2,12 +2,17 @@
 expensive part on a CPU, and every quantization / pruning configuration reuses the same features.
 
 Stored as float32 memmaps under ``<cache>/features/<key>/`` with a ``done`` flag per image, so an interrupted
-encoding resumes and only requested images are encoded.
+encoding resumes and only requested images are encoded. Several processes may share a cache (two commands at
+once): encoding holds an exclusive lock on ``encode.lock`` in the directory and first re-reads what another
+process finished; the flags are replaced atomically, so a reader never sees a half-written file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 
 import numpy as np
 import torch
@@ -28,6 +33,23 @@ class FeatureCache:
             meta = json.loads(self._meta_path.read_text())
             self._open(tuple(meta["shape"]))
 
+    @contextlib.contextmanager
+    def _encoding_lock(self):
+        """One encoder at a time per directory, across processes (released when the file closes)."""
+        with open(self.dir / "encode.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _reload(self) -> None:
+        """The memmaps and flags as another process may have left them."""
+        if self._meta_path.exists():
+            self._open(tuple(json.loads(self._meta_path.read_text())["shape"]))
+
+    def _save_done(self) -> None:
+        tmp = self.dir / f"done.{os.getpid()}.npy"
+        np.save(tmp, self._done)
+        os.replace(tmp, self.dir / "done.npy")  # atomic: readers see the old flags or the new ones
+
     def _open(self, shape: tuple[int, int]) -> None:
         n = self.task.image_count
         mode = "r+" if (self.dir / "features.f32").exists() else "w+"
@@ -42,11 +64,19 @@ class FeatureCache:
 
     def ensure(self, indices, progress: Progress | None = None) -> None:
         """Encode the images in ``indices`` that are not cached yet."""
-        wanted = sorted(set(int(i) for i in indices))
-        if self._feats is not None:
-            wanted = [i for i in wanted if not self._done[i]]
-        if not wanted:
+        def missing():
+            asked = sorted(set(int(i) for i in indices))
+            return asked if self._feats is None else [i for i in asked if not self._done[i]]
+
+        if not missing():
             return
+        with self._encoding_lock():
+            self._reload()  # another process may have encoded them meanwhile
+            wanted = missing()
+            if wanted:
+                self._encode(wanted, progress)
+
+    def _encode(self, wanted: list[int], progress: Progress | None) -> None:
         own = progress is None
         progress = progress or Progress(transient=True)
         if own:
@@ -62,7 +92,7 @@ class FeatureCache:
                 self._cls[chunk] = cls.numpy()
                 self._feats.flush(); self._cls.flush()
                 self._done[chunk] = True
-                np.save(self.dir / "done.npy", self._done)
+                self._save_done()
                 if not self._meta_path.exists():
                     self._meta_path.write_text(json.dumps({"shape": list(feats.shape[1:])}))
                 progress.advance(bar, len(chunk))
