@@ -48,7 +48,5 @@ def pack_bf16_linears(module: nn.Module) -> int:
              if type(m) is nn.Linear and type(m.weight.detach()) is torch.Tensor  # not torchao's int8 tensors
              and m.weight.dtype == torch.bfloat16 and can_pack_bf16(m.weight.device)]
     for name in names:  # one at a time, so that each unpacked weight is freed before the next is packed
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, PackedBf16Linear(getattr(parent, child)))
+        module.set_submodule(name, PackedBf16Linear(module.get_submodule(name)))
     return len(names)

@@ -182,12 +182,10 @@ def realize(adapter, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
         kinds.append(kind_of(ql))
         real.append(realize_linear(ql, dtype))  # from the fp32 grid, before the cast
     for name in names:  # the fake-quant layers leave before the cast, so only real layers remain
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
+        model.set_submodule(name, nn.Identity())
     adapter.cast(dtype)
     for name, layer in zip(names, real):
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+        model.set_submodule(name, layer)
     if getattr(model, "hf_quantizer", None) is not None:  # a loaded export: drop compressed-tensors' dispatch
         _remove_ct_dispatch(model)
     counts = {k: kinds.count(k) for k in sorted(set(kinds))}
